@@ -1,0 +1,152 @@
+//! The token sources.
+//!
+//! An [`Agent`] checks a run's parameters and returns a [`Stream`] of
+//! [`AgentEvent`]s: tokens, any other named events, and one terminal `Done`
+//! or `Error`. Nothing here knows about HTTP or the hub, so a new kind of
+//! agent plugs in by implementing the trait and registering in [`Agents`].
+
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use serde_json::{Map, Value};
+
+use crate::config::{AgentConfig, ConfigError};
+
+/// A run's parameters: JSON values from `POST /api/runs`, or strings from the
+/// one-shot route's query string.
+pub type Params = Map<String, Value>;
+
+/// What an agent produces for one run. The stream ends after a terminal event;
+/// if it ends without one, the run ends with `error` `agent_ended`.
+pub type AgentStream = BoxStream<'static, AgentEvent>;
+
+/// One thing an agent says during a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentEvent {
+    /// A piece of generated text: the `token` event.
+    Token(String),
+    /// Any other named event (`reasoning`, `tool_call`, …) with JSON data.
+    /// Names that are not valid SSE event names are replaced by `agent_event`.
+    Other { name: String, data: Value },
+    /// The run finished; `usage` gets `output_tokens` counted by Sluice when
+    /// the agent does not report it.
+    Done {
+        finish_reason: String,
+        usage: Map<String, Value>,
+    },
+    /// The run failed; `code` is snake_case, `message` the agent's own words.
+    Error { code: String, message: String },
+}
+
+/// A parameter an agent accepts, as listed by `GET /api/agents`.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+/// A parameter that is unknown, unparsable or out of range: `400 invalid_param`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("parameter `{param}`: {message}")]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: param.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The request an agent runs: what the client asked for, and the run's id.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub run_id: String,
+    pub prompt: String,
+    pub params: Params,
+}
+
+/// A source of agent events. `start` checks the parameters synchronously (so
+/// a bad one is answered with `400` before any run exists) and returns the
+/// lazy stream that the hub drives. Dropping the stream must stop the work.
+pub trait Agent: Send + Sync + 'static {
+    /// The agent's kind as written in the config (`sim`, `openai`, `command`).
+    fn kind(&self) -> &'static str;
+    /// The model the agent talks to, if any.
+    fn model(&self) -> Option<&str> {
+        None
+    }
+    /// The parameters this agent accepts.
+    fn params(&self) -> &[ParamSpec];
+    /// Validate `input.params` and return the run's event stream.
+    fn start(&self, input: RunInput) -> Result<AgentStream, ParamError>;
+}
+
+/// Rejects parameters the agent does not know, so a typo is an error rather
+/// than a silently ignored setting.
+pub fn reject_unknown(params: &Params, specs: &[ParamSpec]) -> Result<(), ParamError> {
+    match params
+        .keys()
+        .find(|key| !specs.iter().any(|spec| spec.name == key.as_str()))
+    {
+        Some(key) => {
+            let known: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+            Err(ParamError::new(
+                key,
+                format!("unknown parameter; this agent accepts {}", known.join(", ")),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The named agents this process serves.
+#[derive(Clone)]
+pub struct Agents {
+    by_name: BTreeMap<String, Arc<dyn Agent>>,
+}
+
+impl Agents {
+    /// The built-in `sim` agent plus every agent of the config file.
+    pub fn from_config(agents: &BTreeMap<String, AgentConfig>) -> Result<Self, ConfigError> {
+        let mut by_name: BTreeMap<String, Arc<dyn Agent>> = BTreeMap::new();
+        by_name.insert("sim".to_owned(), Arc::new(sim::Sim));
+        for (name, config) in agents {
+            let agent: Arc<dyn Agent> = match config.kind.as_str() {
+                "sim" => Arc::new(sim::Sim),
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "agents.{name}: kind `{other}` is not available in this version of \
+                         sluice (available: sim)"
+                    )))
+                }
+            };
+            by_name.insert(name.clone(), agent);
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The agent registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Agent>> {
+        self.by_name.get(name)
+    }
+
+    /// All agents, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Agent>)> {
+        self.by_name
+            .iter()
+            .map(|(name, agent)| (name.as_str(), agent))
+    }
+
+    /// The names, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,30 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sluice: an SSE gateway for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API (and, later, the dashboard).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; overrides SLUICE_BIND and the config file.
+    /// `127.0.0.1:0` picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// TOML config file (every key optional).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}

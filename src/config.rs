@@ -1,0 +1,358 @@
+//! The configuration: a TOML file whose keys are all optional, overridden by
+//! `SLUICE_<SECTION>_<KEY>` environment variables, checked into one [`Config`].
+//!
+//! Precedence, lowest first: built-in defaults, the file, `SLUICE_BIND`,
+//! `SLUICE_SERVER_*` and the other section variables, then the command line
+//! (`--bind`), which `main` applies last.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used, with a message for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub runs: RunsConfig,
+    pub auth: AuthConfig,
+    pub agents: BTreeMap<String, AgentConfig>,
+    pub hub: HubConfig,
+}
+
+/// `[server]`: the listener and the limits on what it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Seconds without an event after which a `: keep-alive` comment is sent,
+    /// so proxies and load balancers do not close a quiet stream.
+    pub keep_alive_secs: u64,
+    /// How long SIGINT/SIGTERM waits for streams to finish before it tells
+    /// the rest to reconnect and exits.
+    pub shutdown_grace_secs: u64,
+    pub max_streams: usize,
+    pub max_running: usize,
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".to_owned(),
+            keep_alive_secs: 15,
+            shutdown_grace_secs: 10,
+            max_streams: 100_000,
+            max_running: 10_000,
+            max_body_bytes: 1_048_576,
+        }
+    }
+}
+
+/// `[runs]`: how long runs are kept and when an abandoned one is cancelled.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunsConfig {
+    pub retention_secs: u64,
+    pub retention_bytes: u64,
+    pub disconnect_grace_secs: u64,
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: 300,
+            retention_bytes: 256 * 1024 * 1024,
+            disconnect_grace_secs: 15,
+            max_prompt_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// `[auth]`: API keys and per-key limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub runs_per_minute: u64,
+    pub max_running_per_key: u64,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One `[[auth.keys]]` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyConfig {
+    pub name: String,
+    pub key: Option<String>,
+    pub key_sha256: Option<String>,
+}
+
+/// One `[agents.NAME]` table: its kind and the kind's own settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentConfig {
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+/// `[hub]`: where run logs live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    pub backend: String,
+    pub url: String,
+    pub lease_secs: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            backend: "memory".to_owned(),
+            url: "redis://127.0.0.1:6379".to_owned(),
+            lease_secs: 10,
+        }
+    }
+}
+
+/// The agent kinds a config may name.
+const KNOWN_KINDS: &[&str] = &["sim", "openai", "command"];
+/// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
+const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub"];
+/// Keys whose values stay strings even when they look like numbers.
+const STRING_KEYS: &[&str] = &["bind", "backend", "url"];
+
+impl Config {
+    /// Read `path` (if any), apply the `SLUICE_*` variables of `env`, check.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, env)
+    }
+
+    /// Parse TOML text, apply the `SLUICE_*` variables of `env`, check.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        self.bind_addr()?;
+        if self.server.keep_alive_secs == 0 {
+            return invalid("server.keep_alive_secs must be at least 1".into());
+        }
+        if self.server.max_streams == 0 || self.server.max_running == 0 {
+            return invalid("server.max_streams and server.max_running must be at least 1".into());
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes must be at least 1".into());
+        }
+        if !self.auth.keys.is_empty() || self.auth.runs_per_minute > 0 {
+            return invalid(
+                "[auth] is not enforced by this version of sluice; remove the keys \
+                 rather than serve without the protection they promise"
+                    .into(),
+            );
+        }
+        for (name, agent) in &self.agents {
+            if !KNOWN_KINDS.contains(&agent.kind.as_str()) {
+                return invalid(format!(
+                    "agents.{name}: unknown kind `{}` (expected one of {})",
+                    agent.kind,
+                    KNOWN_KINDS.join(", ")
+                ));
+            }
+        }
+        if self.hub.backend != "memory" {
+            return invalid(format!(
+                "hub.backend `{}` is not available in this version of sluice (available: memory)",
+                self.hub.backend
+            ));
+        }
+        Ok(())
+    }
+
+    /// `server.bind` as an address.
+    pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.bind.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.bind `{}` is not an address such as 127.0.0.1:8080",
+                self.server.bind
+            ))
+        })
+    }
+
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.server.keep_alive_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+}
+
+impl RunsConfig {
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+
+    pub fn disconnect_grace(&self) -> Duration {
+        Duration::from_secs(self.disconnect_grace_secs)
+    }
+}
+
+/// Writes `SLUICE_BIND` and `SLUICE_<SECTION>_<KEY>` into the parsed file.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides: Vec<(String, String, String)> = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("SLUICE_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        if rest == "bind" {
+            // Ranks below the section variable SLUICE_SERVER_BIND: sorted first.
+            overrides.insert(0, ("server".into(), "bind".into(), value));
+            continue;
+        }
+        if let Some((section, key)) = ENV_SECTIONS.iter().find_map(|section| {
+            rest.strip_prefix(section)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|key| (*section, key))
+        }) {
+            overrides.push((section.into(), key.into(), value));
+        }
+    }
+    for (section, key, value) in overrides {
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::Invalid(format!("`{section}` must be a table")));
+        };
+        section_table.insert(key.clone(), env_value(&key, value));
+    }
+    Ok(())
+}
+
+fn env_value(key: &str, value: String) -> toml::Value {
+    if STRING_KEYS.contains(&key) {
+        return toml::Value::String(value);
+    }
+    if let Ok(n) = value.trim().parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match value.trim() {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let config = Config::from_toml("", env(&[])).ok();
+        let config = config.unwrap_or_default();
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.server.keep_alive_secs, 15);
+        assert_eq!(config.runs.retention_secs, 300);
+        assert_eq!(config.runs.disconnect_grace_secs, 15);
+    }
+
+    #[test]
+    fn env_overrides_file_and_section_bind_beats_sluice_bind() {
+        let file =
+            "[server]\nbind = \"127.0.0.1:1\"\nkeep_alive_secs = 3\n[runs]\nretention_secs = 9\n";
+        let config = Config::from_toml(file, env(&[("SLUICE_BIND", "127.0.0.1:2")]));
+        assert_eq!(
+            config.map(|c| c.server.bind).ok().as_deref(),
+            Some("127.0.0.1:2")
+        );
+        let config = Config::from_toml(
+            file,
+            env(&[
+                ("SLUICE_SERVER_BIND", "127.0.0.1:3"),
+                ("SLUICE_BIND", "127.0.0.1:2"),
+                ("SLUICE_RUNS_RETENTION_SECS", "7"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .ok();
+        assert_eq!(
+            config.as_ref().map(|c| c.server.bind.as_str()),
+            Some("127.0.0.1:3")
+        );
+        assert_eq!(config.as_ref().map(|c| c.runs.retention_secs), Some(7));
+        assert_eq!(config.as_ref().map(|c| c.server.keep_alive_secs), Some(3));
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        let cases = [
+            "[server]\nbind = \"nowhere\"",
+            "[server]\nkeep_alive_secs = 0",
+            "[server]\nno_such_key = 1",
+            "[runs]\nretention_secs = \"soon\"",
+            "[agents.x]\nkind = \"telepathy\"",
+            "[hub]\nbackend = \"carrier-pigeon\"",
+            "not toml at all ===",
+        ];
+        for text in cases {
+            assert!(Config::from_toml(text, env(&[])).is_err(), "{text}");
+        }
+        let bad_env = Config::from_toml("", env(&[("SLUICE_RUNS_RETENTION_SECS", "soon")]));
+        assert!(bad_env.is_err());
+    }
+
+    #[test]
+    fn sim_agent_section_is_accepted() {
+        assert!(Config::from_toml("[agents.sim]\nkind = \"sim\"\n", env(&[])).is_ok());
+    }
+}

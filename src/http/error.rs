@@ -1,0 +1,113 @@
+//! Every error the API answers with: one enum, one JSON shape,
+//! `{"error": {"code": "snake_case", "message": "human readable"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::agent::ParamError;
+use crate::hub::HubError;
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A query or body parameter that is unknown, unparsable or out of range.
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    UnknownAgent(String),
+    /// A request body that is not the JSON the route expects.
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    TooLarge { code: &'static str, message: String },
+    #[error("unknown run")]
+    RunNotFound,
+    #[error("the run's events are no longer retained")]
+    RunGone,
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A capacity limit or an unavailable dependency: `503` with `Retry-After`.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// A bug or an environment failure; details are logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidParam(_) | Self::UnknownAgent(_) | Self::InvalidJson(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RunNotFound | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::RunGone => StatusCode::GONE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidParam(_) => "invalid_param",
+            Self::UnknownAgent(_) => "unknown_agent",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::TooLarge { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::RunNotFound => "run_not_found",
+            Self::RunGone => "run_evicted",
+            Self::RouteNotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> Self {
+        Self::InvalidParam(e.to_string())
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::NotFound => Self::RunNotFound,
+            HubError::Gone => Self::RunGone,
+            HubError::BeyondEnd { .. } => Self::InvalidParam(format!("last_event_id: {e}")),
+            HubError::Unavailable(message) => Self::Unavailable {
+                code: "hub_unavailable",
+                message,
+                retry_after_secs: 5,
+            },
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The HTTP API: router, shared state and the serve loop.
+
+pub mod error;
+pub mod runs;
+pub mod stream;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::agent::Agents;
+use crate::config::{Config, ConfigError};
+use crate::hub::memory::MemoryHub;
+use crate::hub::Hub;
+use error::ApiError;
+use stream::StreamSlots;
+
+/// How long before the end of the shutdown grace the remaining streams are
+/// told to reconnect, leaving time for their connections to close.
+const RECONNECT_MARGIN: Duration = Duration::from_secs(1);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Hub,
+    pub agents: Arc<Agents>,
+    pub config: Arc<Config>,
+    pub streams: Arc<StreamSlots>,
+    /// Fired near the end of the shutdown grace: every open stream then sends
+    /// `retry:` and ends, so that its client reconnects elsewhere or later.
+    pub streams_end: CancellationToken,
+}
+
+impl AppState {
+    /// The state for `config` with the in-memory hub. Needs a tokio runtime.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let hub = Hub::new(MemoryHub::new(&config.runs));
+        Self::with_hub(config, hub)
+    }
+
+    /// The state for `config` with any hub.
+    pub fn with_hub(config: Config, hub: Hub) -> Result<Self, ConfigError> {
+        let agents = Agents::from_config(&config.agents)?;
+        Ok(Self {
+            hub,
+            agents: Arc::new(agents),
+            streams: StreamSlots::new(config.server.max_streams),
+            config: Arc::new(config),
+            streams_end: CancellationToken::new(),
+        })
+    }
+}
+
+/// All routes of the API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.server.max_body_bytes;
+    Router::new()
+        .route("/api/agent/stream", get(stream::one_shot))
+        .route("/api/runs", get(runs::list).post(runs::create))
+        .route("/api/runs/{id}", get(runs::snapshot).delete(runs::cancel))
+        .route("/api/runs/{id}/events", get(stream::run_events))
+        .route("/api/agents", get(runs::agents))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::Internal(
+                "a handler panicked".into(),
+            ))
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound(format!("{method} {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then drains:
+/// no new connections; open streams get until the end of the configured
+/// grace to finish, and those still open a moment before it are told to
+/// reconnect (`retry:`) and ended. Returns within the grace.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = state.config.shutdown_grace();
+    let streams_end = state.streams_end.clone();
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = signalled.send(());
+        })
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        _ = on_signal => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: letting open streams finish"
+    );
+    let reconnect_at = grace.saturating_sub(RECONNECT_MARGIN.min(grace / 2));
+    if let Ok(result) = tokio::time::timeout(reconnect_at, &mut server).await {
+        return result;
+    }
+    tracing::info!("telling the remaining streams to reconnect");
+    streams_end.cancel();
+    match tokio::time::timeout(grace.saturating_sub(reconnect_at), &mut server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("connections still open at the end of the grace; exiting anyway");
+            Ok(())
+        }
+    }
+}

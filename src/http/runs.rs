@@ -1,0 +1,206 @@
+//! Runs as resources: create, list, snapshot, cancel; and the agent list.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::stream::Query;
+use super::AppState;
+use crate::agent::{Params, RunInput};
+use crate::hub::{Cancelled, RunId, RunMeta};
+
+/// What starting a run needs, from either route.
+pub struct StartRun {
+    pub agent: String,
+    pub prompt: String,
+    pub params: Params,
+    pub cancel_on_disconnect: bool,
+}
+
+/// Checks the request and starts the run: agent, prompt size, capacity,
+/// parameters, in that order. Nothing is started when any check fails.
+pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiError> {
+    let agent = state.agents.get(&start.agent).ok_or_else(|| {
+        ApiError::UnknownAgent(format!(
+            "no agent named `{}` (available: {})",
+            start.agent,
+            state.agents.names().join(", ")
+        ))
+    })?;
+    let max_prompt = state.config.runs.max_prompt_bytes;
+    if start.prompt.len() > max_prompt {
+        return Err(ApiError::TooLarge {
+            code: "prompt_too_large",
+            message: format!(
+                "the prompt is {} bytes; the limit is {max_prompt}",
+                start.prompt.len()
+            ),
+        });
+    }
+    let max_running = state.config.server.max_running;
+    if state.hub.running() >= max_running {
+        return Err(ApiError::Unavailable {
+            code: "too_many_runs",
+            message: format!("the gateway is at its limit of {max_running} running runs"),
+            retry_after_secs: 5,
+        });
+    }
+    let id = RunId::generate()?;
+    let events = agent.start(RunInput {
+        run_id: id.to_string(),
+        prompt: start.prompt.clone(),
+        params: start.params,
+    })?;
+    let meta = RunMeta {
+        id: id.clone(),
+        agent: start.agent,
+        prompt: start.prompt,
+        created_at: std::time::SystemTime::now(),
+        cancel_on_disconnect: start.cancel_on_disconnect,
+    };
+    state.hub.start(meta, events).await?;
+    tracing::info!(run_id = %id, "run started");
+    Ok(id)
+}
+
+/// The body of `POST /api/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRun {
+    #[serde(default = "default_agent")]
+    agent: String,
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    params: Params,
+    #[serde(default)]
+    cancel_on_disconnect: bool,
+}
+
+fn default_agent() -> String {
+    "sim".to_owned()
+}
+
+/// `POST /api/runs`: start a run that goes on without subscribers.
+pub async fn create(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                code: "body_too_large",
+                message: format!(
+                    "the request body is larger than {} bytes",
+                    state.config.server.max_body_bytes
+                ),
+            }
+        } else {
+            ApiError::InvalidJson(format!("cannot read the request body: {rejection}"))
+        }
+    })?;
+    let request: CreateRun = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
+    let id = start_run(
+        &state,
+        StartRun {
+            agent: request.agent,
+            prompt: request.prompt,
+            params: request.params,
+            cancel_on_disconnect: request.cancel_on_disconnect,
+        },
+    )
+    .await?;
+    let location = format!("/api/runs/{id}");
+    let body = json!({
+        "id": id,
+        "status": "running",
+        "events_url": format!("{location}/events"),
+    });
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /api/runs?limit=`: newest first; `limit` is clamped to 1..=1000 and
+/// anything unparsable means the default, 50.
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let limit = Query::parse(query.as_deref())
+        .ok()
+        .and_then(|mut q| q.take("limit"))
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .map_or(50, |n| n.clamp(1, 1000));
+    let runs = state.hub.list(limit as usize).await?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// `GET /api/runs/{id}`.
+pub async fn snapshot(
+    State(state): State<AppState>,
+    RunIdPath(id): RunIdPath,
+) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.hub.snapshot(id).await?;
+    serde_json::to_value(snapshot)
+        .map(Json)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `DELETE /api/runs/{id}`: `202` when it cancelled the run, `200` when the
+/// run had already finished; the body is the run's snapshot without text.
+pub async fn cancel(
+    State(state): State<AppState>,
+    RunIdPath(id): RunIdPath,
+) -> Result<Response, ApiError> {
+    let outcome = state.hub.cancel(id.clone()).await?;
+    let status = match outcome {
+        Cancelled::Now => StatusCode::ACCEPTED,
+        Cancelled::AlreadyFinished(_) => StatusCode::OK,
+    };
+    let mut snapshot = state.hub.snapshot(id).await?;
+    snapshot.text = None;
+    Ok((status, Json(snapshot)).into_response())
+}
+
+/// `GET /api/agents`.
+pub async fn agents(State(state): State<AppState>) -> Json<Value> {
+    let agents: Vec<Value> = state
+        .agents
+        .iter()
+        .map(|(name, agent)| {
+            let params: Map<String, Value> = agent
+                .params()
+                .iter()
+                .map(|p| (p.name.to_owned(), Value::from(p.description)))
+                .collect();
+            json!({"name": name, "kind": agent.kind(), "model": agent.model(), "params": params})
+        })
+        .collect();
+    Json(json!({ "agents": agents }))
+}
+
+/// The `{id}` of a run route. An id that cannot name a run is answered like
+/// an unknown run: `404`.
+pub struct RunIdPath(pub RunId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::RunNotFound)?;
+        RunId::parse(&id).map(Self).ok_or(ApiError::RunNotFound)
+    }
+}

@@ -1,0 +1,280 @@
+//! One run's event log: frames appended by the run's driver, read by any
+//! number of subscribers, each from its own cursor.
+//!
+//! The lock is per run and held only to push or to clone a few `Bytes`
+//! handles, never across an await: a std `Mutex` is cheaper than tokio's for
+//! that. Waiting is done on a `watch` channel whose version moves on every
+//! append, so a subscriber that read the log and then waits cannot miss an
+//! event appended in between.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::record::Entry;
+use super::RunStatus;
+
+/// At most this many bytes go into one coalesced chunk, so a subscriber far
+/// behind (a resume of a long run) is served in pieces of bounded size.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A run's log.
+#[derive(Debug)]
+pub struct RunLog {
+    state: Mutex<LogState>,
+    changed: watch::Sender<()>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    /// Frame of event `seq` at index `seq - 1`.
+    frames: Vec<Bytes>,
+    bytes: u64,
+    text: String,
+    end: Option<Ended>,
+}
+
+#[derive(Debug, Clone)]
+struct Ended {
+    status: RunStatus,
+    usage: Value,
+    at: SystemTime,
+}
+
+/// What a subscriber finds at its cursor.
+#[derive(Debug, PartialEq)]
+pub enum Read {
+    /// Frames from the cursor on, concatenated, and how many there are.
+    Chunk { bytes: Bytes, events: usize },
+    /// Nothing yet; wait on [`RunLog::watch`].
+    Pending,
+    /// The run has ended and the cursor is past its last event.
+    Ended,
+}
+
+/// A consistent view of the log for snapshots.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub events: u64,
+    pub status: RunStatus,
+    pub finished_at: Option<SystemTime>,
+    pub text: Option<String>,
+    pub usage: Option<Value>,
+}
+
+impl Default for RunLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RunLog {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(LogState::default()),
+            changed: watch::Sender::new(()),
+        }
+    }
+
+    /// Append one entry and wake the subscribers; returns the frame's size.
+    /// Entries after the terminal one are ignored.
+    pub fn append(&self, entry: Entry) -> usize {
+        let size = entry.frame.len();
+        {
+            let mut state = self.lock();
+            if state.end.is_some() {
+                return 0;
+            }
+            state.frames.push(entry.frame);
+            state.bytes += size as u64;
+            if let Some(text) = &entry.token {
+                state.text.push_str(text);
+            }
+            if let Some(end) = entry.end {
+                state.end = Some(Ended {
+                    status: end.status,
+                    usage: end.usage,
+                    at: SystemTime::now(),
+                });
+            }
+        }
+        self.changed.send_replace(());
+        size
+    }
+
+    /// Everything after the first `cursor` events, up to [`MAX_CHUNK_BYTES`]
+    /// (at least one frame), as one chunk.
+    pub fn read(&self, cursor: usize) -> Read {
+        let state = self.lock();
+        let ready = state.frames.get(cursor..).unwrap_or_default();
+        match ready {
+            [] if state.end.is_some() => Read::Ended,
+            [] => Read::Pending,
+            [one, ..] if ready.len() == 1 || one.len() >= MAX_CHUNK_BYTES => Read::Chunk {
+                bytes: one.clone(),
+                events: 1,
+            },
+            _ => {
+                let mut size = 0;
+                let events = ready
+                    .iter()
+                    .take_while(|frame| {
+                        let fits = size == 0 || size + frame.len() <= MAX_CHUNK_BYTES;
+                        size += frame.len();
+                        fits
+                    })
+                    .count();
+                let mut chunk = BytesMut::with_capacity(size.min(MAX_CHUNK_BYTES));
+                for frame in &ready[..events] {
+                    chunk.extend_from_slice(frame);
+                }
+                Read::Chunk {
+                    bytes: chunk.freeze(),
+                    events,
+                }
+            }
+        }
+    }
+
+    /// A receiver that wakes on the next append.
+    pub fn watch(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Number of events and whether the run has ended, read together.
+    pub fn position(&self) -> (usize, bool) {
+        let state = self.lock();
+        (state.frames.len(), state.end.is_some())
+    }
+
+    /// The run's status.
+    pub fn status(&self) -> RunStatus {
+        self.lock()
+            .end
+            .as_ref()
+            .map_or(RunStatus::Running, |end| end.status)
+    }
+
+    /// Bytes of all frames.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// The log as a snapshot shows it.
+    pub fn summary(&self, with_text: bool) -> Summary {
+        let state = self.lock();
+        Summary {
+            events: state.frames.len() as u64,
+            status: state.end.as_ref().map_or(RunStatus::Running, |e| e.status),
+            finished_at: state.end.as_ref().map(|e| e.at),
+            text: with_text.then(|| state.text.clone()),
+            usage: state.end.as_ref().map(|e| e.usage.clone()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock leaves the log consistent (every
+        // mutation is a single push or assignment), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::record::RunEnd;
+
+    fn entry(text: &str) -> Entry {
+        Entry {
+            frame: Bytes::from(format!("data: {text}\n\n")),
+            token: Some(text.to_owned()),
+            end: None,
+        }
+    }
+
+    fn end() -> Entry {
+        Entry {
+            frame: Bytes::from_static(b"event: done\n\n"),
+            token: None,
+            end: Some(RunEnd {
+                status: RunStatus::Done,
+                usage: Value::Null,
+            }),
+        }
+    }
+
+    #[test]
+    fn reads_everything_ready_from_any_cursor_in_one_chunk() {
+        let log = RunLog::new();
+        assert_eq!(log.read(0), Read::Pending);
+        log.append(entry("a"));
+        log.append(entry("b"));
+        log.append(entry("c"));
+        assert_eq!(
+            log.read(0),
+            Read::Chunk {
+                bytes: Bytes::from_static(b"data: a\n\ndata: b\n\ndata: c\n\n"),
+                events: 3
+            }
+        );
+        assert_eq!(
+            log.read(2),
+            Read::Chunk {
+                bytes: Bytes::from_static(b"data: c\n\n"),
+                events: 1
+            }
+        );
+        assert_eq!(log.read(3), Read::Pending);
+        log.append(end());
+        assert_eq!(log.read(4), Read::Ended);
+        assert_eq!(log.read(99), Read::Ended);
+        assert_eq!(log.status(), RunStatus::Done);
+        assert_eq!(log.summary(true).text.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn nothing_is_appended_after_the_end() {
+        let log = RunLog::new();
+        log.append(end());
+        assert_eq!(log.append(entry("late")), 0);
+        assert_eq!(log.position(), (1, true));
+    }
+
+    #[test]
+    fn chunks_are_bounded_but_never_empty() {
+        let log = RunLog::new();
+        let big = "x".repeat(MAX_CHUNK_BYTES / 3);
+        for _ in 0..10 {
+            log.append(entry(&big));
+        }
+        let mut cursor = 0;
+        let mut total = 0;
+        while let Read::Chunk { bytes, events } = log.read(cursor) {
+            assert!(events >= 1);
+            assert!(bytes.len() <= MAX_CHUNK_BYTES || events == 1);
+            cursor += events;
+            total += bytes.len();
+        }
+        assert_eq!(cursor, 10);
+        assert_eq!(total as u64, log.bytes());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_subscriber_is_woken_by_an_append() {
+        let log = std::sync::Arc::new(RunLog::new());
+        let mut rx = log.watch();
+        let writer = log.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            writer.append(entry("late"));
+        });
+        assert_eq!(log.read(0), Read::Pending);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed()).await;
+        assert!(matches!(woke, Ok(Ok(()))));
+        assert!(matches!(log.read(0), Read::Chunk { events: 1, .. }));
+        assert!(task.await.is_ok());
+    }
+}

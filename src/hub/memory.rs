@@ -1,0 +1,418 @@
+//! The in-process hub: runs live in this process's memory.
+//!
+//! The registry (one std `Mutex` for the whole hub) is touched when a run
+//! starts, finishes, is looked up or evicted, never per event: events go
+//! into the run's own [`RunLog`]. One background task sweeps expired runs
+//! once a second; it holds only a `Weak` handle, so it ends with the hub.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::log::{Read, RunLog};
+use super::record::Recorder;
+use super::{
+    rfc3339, Cancelled, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot, RunStatus, Seq,
+};
+use crate::agent::AgentStream;
+use crate::config::RunsConfig;
+
+/// How long an evicted run's id is remembered, to answer `410` rather than `404`.
+const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+/// How many evicted ids are remembered at most (about 100 bytes each).
+const GONE_MAX: usize = 100_000;
+/// How often expired runs are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long `DELETE` waits for the cancelled run's terminal event.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// The in-memory [`HubBackend`].
+#[derive(Clone)]
+pub struct MemoryHub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    retention: Duration,
+    retention_bytes: u64,
+    disconnect_grace: Duration,
+    /// Bytes of all retained runs' frames, running ones included.
+    retained_bytes: AtomicU64,
+    running: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Registry {
+    runs: HashMap<RunId, Arc<Run>>,
+    /// Runs by start order, for listing newest first.
+    by_age: BTreeMap<u64, RunId>,
+    next_ordinal: u64,
+    /// Finished runs in the order they finished: the eviction order.
+    finished: VecDeque<(Instant, RunId)>,
+    gone: GoneIds,
+}
+
+struct Run {
+    meta: RunMeta,
+    ordinal: u64,
+    log: RunLog,
+    cancel: CancellationToken,
+    subscribers: AtomicUsize,
+    /// Moves on every subscribe and unsubscribe, so a disconnect-grace check
+    /// scheduled earlier can tell that someone came and went since.
+    epoch: AtomicU64,
+}
+
+/// Ids of evicted runs, oldest first, bounded in count and age.
+#[derive(Default)]
+struct GoneIds {
+    since: HashMap<RunId, Instant>,
+    order: VecDeque<(Instant, RunId)>,
+}
+
+impl GoneIds {
+    fn insert(&mut self, id: RunId, now: Instant) {
+        if self.order.len() >= GONE_MAX {
+            if let Some((_, oldest)) = self.order.pop_front() {
+                self.since.remove(&oldest);
+            }
+        }
+        self.since.insert(id.clone(), now);
+        self.order.push_back((now, id));
+    }
+
+    fn contains(&self, id: &RunId) -> bool {
+        self.since.contains_key(id)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < GONE_FOR {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.since.remove(&id);
+            }
+        }
+    }
+}
+
+impl MemoryHub {
+    /// A hub with `config`'s retention and disconnect grace. Must be called
+    /// inside a tokio runtime: it starts the sweeper task.
+    pub fn new(config: &RunsConfig) -> Self {
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry::default()),
+            retention: config.retention(),
+            retention_bytes: config.retention_bytes,
+            disconnect_grace: config.disconnect_grace(),
+            retained_bytes: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+        });
+        tokio::spawn(sweep_until_dropped(Arc::downgrade(&shared)));
+        Self { shared }
+    }
+}
+
+async fn sweep_until_dropped(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.sweep(Instant::now());
+    }
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Every registry mutation keeps it consistent at each step; a panic
+        // elsewhere must not take the whole hub down with it.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lookup(&self, id: &RunId) -> Result<Arc<Run>, HubError> {
+        let registry = self.registry();
+        match registry.runs.get(id) {
+            Some(run) => Ok(run.clone()),
+            None if registry.gone.contains(id) => Err(HubError::Gone),
+            None => Err(HubError::NotFound),
+        }
+    }
+
+    /// Evicts finished runs past their retention, then the oldest finished
+    /// runs while all retained runs exceed the byte budget.
+    fn sweep(&self, now: Instant) {
+        let mut registry = self.registry();
+        while let Some((finished_at, _)) = registry.finished.front() {
+            let over_time = now.duration_since(*finished_at) >= self.retention;
+            let over_budget = self.retained_bytes.load(Ordering::Relaxed) > self.retention_bytes;
+            if !over_time && !over_budget {
+                break;
+            }
+            if let Some((_, id)) = registry.finished.pop_front() {
+                self.evict(&mut registry, id, now);
+            }
+        }
+        registry.gone.prune(now);
+    }
+
+    fn evict(&self, registry: &mut Registry, id: RunId, now: Instant) {
+        if let Some(run) = registry.runs.remove(&id) {
+            registry.by_age.remove(&run.ordinal);
+            self.retained_bytes
+                .fetch_sub(run.log.bytes(), Ordering::Relaxed);
+            tracing::debug!(run_id = %id, "run evicted");
+            registry.gone.insert(id, now);
+        }
+    }
+
+    fn finished(&self, run: &Run) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.registry()
+            .finished
+            .push_back((now, run.meta.id.clone()));
+        self.sweep(now);
+    }
+
+    fn snapshot(run: &Run, with_text: bool) -> RunSnapshot {
+        let summary = run.log.summary(with_text);
+        RunSnapshot {
+            id: run.meta.id.clone(),
+            agent: run.meta.agent.clone(),
+            prompt: run.meta.prompt.clone(),
+            status: summary.status,
+            created_at: rfc3339(run.meta.created_at),
+            finished_at: summary.finished_at.map(rfc3339),
+            events: summary.events,
+            text: summary.text,
+            usage: summary.usage,
+        }
+    }
+}
+
+/// Drives one run's agent stream into its log until a terminal event or a
+/// cancel. Dropping the stream on the way out stops the agent's work.
+async fn drive(
+    shared: Arc<Shared>,
+    run: Arc<Run>,
+    mut events: AgentStream,
+    mut recorder: Recorder,
+) {
+    let cancelled = run.cancel.clone().cancelled_owned();
+    tokio::pin!(cancelled);
+    loop {
+        let entry = tokio::select! {
+            biased;
+            () = &mut cancelled => recorder.cancelled(),
+            event = events.next() => match event {
+                Some(event) => recorder.record(event),
+                None => recorder.ended_early(),
+            },
+        };
+        let end = entry.end.is_some();
+        let size = run.log.append(entry);
+        shared
+            .retained_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        if end {
+            break;
+        }
+    }
+    drop(events);
+    tracing::debug!(run_id = %run.meta.id, status = ?run.log.status(), events = recorder.seq(), "run finished");
+    shared.finished(&run);
+}
+
+/// Cancels `run` if it still has no subscriber after the disconnect grace
+/// and nobody subscribed or left in the meantime.
+fn schedule_idle_check(run: Arc<Run>, grace: Duration) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let epoch = run.epoch.load(Ordering::SeqCst);
+    runtime.spawn(async move {
+        tokio::time::sleep(grace).await;
+        if run.subscribers.load(Ordering::SeqCst) == 0
+            && run.epoch.load(Ordering::SeqCst) == epoch
+            && run.log.status() == RunStatus::Running
+        {
+            tracing::info!(run_id = %run.meta.id, "no subscriber for the disconnect grace: cancelling");
+            run.cancel.cancel();
+        }
+    });
+}
+
+/// One subscriber's cursor into a run's log.
+struct Subscriber {
+    run: Arc<Run>,
+    grace: Duration,
+    cursor: usize,
+    changed: watch::Receiver<()>,
+}
+
+impl Subscriber {
+    async fn next_chunk(&mut self) -> Option<bytes::Bytes> {
+        loop {
+            match self.run.log.read(self.cursor) {
+                Read::Chunk { bytes, events } => {
+                    self.cursor += events;
+                    return Some(bytes);
+                }
+                Read::Ended => return None,
+                Read::Pending => {}
+            }
+            // The sender lives in the run, which this subscriber holds.
+            if self.changed.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let left = self.run.subscribers.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.run.epoch.fetch_add(1, Ordering::SeqCst);
+        if left == 0
+            && self.run.meta.cancel_on_disconnect
+            && self.run.log.status() == RunStatus::Running
+        {
+            schedule_idle_check(self.run.clone(), self.grace);
+        }
+    }
+}
+
+impl HubBackend for MemoryHub {
+    fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
+        let shared = self.shared.clone();
+        async move {
+            let (recorder, first) = Recorder::start(&meta);
+            let log = RunLog::new();
+            let size = log.append(first);
+            let mut registry = shared.registry();
+            let ordinal = registry.next_ordinal;
+            registry.next_ordinal += 1;
+            let run = Arc::new(Run {
+                meta,
+                ordinal,
+                log,
+                cancel: CancellationToken::new(),
+                subscribers: AtomicUsize::new(0),
+                epoch: AtomicU64::new(0),
+            });
+            registry.runs.insert(run.meta.id.clone(), run.clone());
+            registry.by_age.insert(ordinal, run.meta.id.clone());
+            drop(registry);
+            shared
+                .retained_bytes
+                .fetch_add(size as u64, Ordering::Relaxed);
+            shared.running.fetch_add(1, Ordering::Relaxed);
+            if run.meta.cancel_on_disconnect {
+                schedule_idle_check(run.clone(), shared.disconnect_grace);
+            }
+            tokio::spawn(drive(shared, run, events, recorder));
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn subscribe(&self, id: RunId, after: Seq) -> BoxFuture<'_, Result<Resume, HubError>> {
+        let result = (|| {
+            let run = self.shared.lookup(&id)?;
+            // Subscribe before reading the position, so an append in between
+            // wakes this subscriber.
+            let changed = run.log.watch();
+            let (len, ended) = run.log.position();
+            let len = len as Seq;
+            if ended && after >= len {
+                return Ok(Resume::Finished);
+            }
+            if after > len {
+                return Err(HubError::BeyondEnd { after, last: len });
+            }
+            run.subscribers.fetch_add(1, Ordering::SeqCst);
+            run.epoch.fetch_add(1, Ordering::SeqCst);
+            let subscriber = Subscriber {
+                run,
+                grace: self.shared.disconnect_grace,
+                cursor: after as usize,
+                changed,
+            };
+            let stream = futures::stream::unfold(subscriber, |mut sub| async move {
+                let chunk = sub.next_chunk().await?;
+                Some((chunk, sub))
+            });
+            Ok(Resume::Events(stream.boxed()))
+        })();
+        futures::future::ready(result).boxed()
+    }
+
+    fn snapshot(&self, id: RunId) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {
+        let result = self
+            .shared
+            .lookup(&id)
+            .map(|run| Shared::snapshot(&run, true));
+        futures::future::ready(result).boxed()
+    }
+
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>> {
+        let runs: Vec<Arc<Run>> = {
+            let registry = self.shared.registry();
+            registry
+                .by_age
+                .values()
+                .rev()
+                .take(limit)
+                .filter_map(|id| registry.runs.get(id).cloned())
+                .collect()
+        };
+        let snapshots = runs
+            .iter()
+            .map(|run| Shared::snapshot(run, false))
+            .collect();
+        futures::future::ready(Ok(snapshots)).boxed()
+    }
+
+    fn cancel(&self, id: RunId) -> BoxFuture<'_, Result<Cancelled, HubError>> {
+        let shared = self.shared.clone();
+        async move {
+            let run = shared.lookup(&id)?;
+            let status = run.log.status();
+            if status != RunStatus::Running {
+                return Ok(Cancelled::AlreadyFinished(status));
+            }
+            let mut changed = run.log.watch();
+            run.cancel.cancel();
+            let finished = async {
+                while run.log.status() == RunStatus::Running {
+                    if changed.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            // The driver reacts to the cancel at its next poll; should the
+            // agent block that poll, the answer still comes in bounded time.
+            let _ = tokio::time::timeout(CANCEL_WAIT, finished).await;
+            Ok(match run.log.status() {
+                RunStatus::Running | RunStatus::Cancelled => Cancelled::Now,
+                other => Cancelled::AlreadyFinished(other),
+            })
+        }
+        .boxed()
+    }
+
+    fn running(&self) -> usize {
+        self.shared.running.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,241 @@
+//! Runs, their event logs, fan-out and retention.
+//!
+//! The [`Hub`] is what the HTTP layer talks to: start a run from an agent's
+//! event stream, subscribe to a run from a cursor, take snapshots, list and
+//! cancel. It is a cheap handle around a [`HubBackend`]; the in-memory
+//! backend ([`memory::MemoryHub`]) is the embedded default, and a shared
+//! backend plugs in behind the same trait without touching `http/`.
+//!
+//! Every backend records events the same way, through [`record::Recorder`]:
+//! each agent event becomes its SSE frame once, and that frame is what is
+//! stored and sent to every subscriber.
+
+pub mod log;
+pub mod memory;
+pub mod record;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::agent::AgentStream;
+
+/// A run event's 1-based sequence number: the n-th event has `seq = n`.
+pub type Seq = u64;
+
+/// A run's id: 128 random bits as 32 lowercase hex digits. URL-safe, never
+/// containing `:`, so `{run_id}:{seq}` splits unambiguously.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(Arc<str>);
+
+impl RunId {
+    /// A fresh, unguessable id from the operating system's random source.
+    pub fn generate() -> Result<Self, HubError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| HubError::Unavailable(format!("no randomness for a run id: {e}")))?;
+        let mut hex = String::with_capacity(32);
+        for byte in bytes {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        Ok(Self(hex.into()))
+    }
+
+    /// An id given by a client: 1 to 64 characters of `A-Z a-z 0-9 _ -`.
+    /// Anything else cannot name a run.
+    pub fn parse(text: &str) -> Option<Self> {
+        let ok = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({})", self.0)
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Done,
+    Error,
+    Cancelled,
+}
+
+/// What a run is, fixed when it starts.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    pub id: RunId,
+    pub agent: String,
+    pub prompt: String,
+    pub created_at: SystemTime,
+    /// Cancel the run once it has had no subscriber for the disconnect grace
+    /// (the one-shot route, or `"cancel_on_disconnect": true`).
+    pub cancel_on_disconnect: bool,
+}
+
+/// A run as `GET /api/runs/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSnapshot {
+    pub id: RunId,
+    pub agent: String,
+    pub prompt: String,
+    pub status: RunStatus,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    /// How many events the run has logged so far.
+    pub events: u64,
+    /// All token text so far; left out of listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub usage: Option<Value>,
+}
+
+impl Serialize for RunId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// A subscriber's bytes: every chunk holds one or more whole SSE frames,
+/// everything that was ready when it was read. Ends after the terminal event.
+pub type Subscription = BoxStream<'static, Bytes>;
+
+/// The answer to a subscription request.
+pub enum Resume {
+    /// Events follow (retained first, then live).
+    Events(Subscription),
+    /// The run has finished and nothing follows the cursor: `204`.
+    Finished,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was running and is now cancelled.
+    Now,
+    /// The run had already finished with this status.
+    AlreadyFinished(RunStatus),
+}
+
+/// Why the hub could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HubError {
+    #[error("unknown run")]
+    NotFound,
+    #[error("the run's events are no longer retained")]
+    Gone,
+    #[error("event {after} is beyond the run's last event ({last})")]
+    BeyondEnd { after: Seq, last: Seq },
+    #[error("hub unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A place where runs live. Methods are called once per request, never per
+/// event: the per-event path stays inside the backend.
+pub trait HubBackend: Send + Sync + 'static {
+    /// Log the run's `run` event and drive `events` to the end in the background.
+    fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>>;
+    /// The run's events after `after` (0: from the first), then live ones.
+    fn subscribe(&self, id: RunId, after: Seq) -> BoxFuture<'_, Result<Resume, HubError>>;
+    /// The run as it is now, with its text.
+    fn snapshot(&self, id: RunId) -> BoxFuture<'_, Result<RunSnapshot, HubError>>;
+    /// Up to `limit` runs, newest first, without text.
+    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>>;
+    /// Cancel a running run; waits briefly until its terminal event is logged.
+    fn cancel(&self, id: RunId) -> BoxFuture<'_, Result<Cancelled, HubError>>;
+    /// Runs of this node that are still running.
+    fn running(&self) -> usize;
+}
+
+/// The handle the HTTP layer holds: cheap to clone, shared by all requests.
+#[derive(Clone)]
+pub struct Hub {
+    backend: Arc<dyn HubBackend>,
+}
+
+impl Hub {
+    pub fn new(backend: impl HubBackend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+        }
+    }
+
+    pub async fn start(&self, meta: RunMeta, events: AgentStream) -> Result<(), HubError> {
+        self.backend.start(meta, events).await
+    }
+
+    pub async fn subscribe(&self, id: RunId, after: Seq) -> Result<Resume, HubError> {
+        self.backend.subscribe(id, after).await
+    }
+
+    pub async fn snapshot(&self, id: RunId) -> Result<RunSnapshot, HubError> {
+        self.backend.snapshot(id).await
+    }
+
+    pub async fn list(&self, limit: usize) -> Result<Vec<RunSnapshot>, HubError> {
+        self.backend.list(limit).await
+    }
+
+    pub async fn cancel(&self, id: RunId) -> Result<Cancelled, HubError> {
+        self.backend.cancel(id).await
+    }
+
+    pub fn running(&self) -> usize {
+        self.backend.running()
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC: how every timestamp is shown.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_url_safe_unique_and_parse_back() {
+        let a = RunId::generate().ok();
+        let b = RunId::generate().ok();
+        assert!(a.is_some() && a != b);
+        let a = a.unwrap_or_else(|| RunId("x".into()));
+        assert_eq!(a.as_str().len(), 32);
+        assert!(!a.as_str().contains(':'));
+        assert_eq!(RunId::parse(a.as_str()), Some(a));
+    }
+
+    #[test]
+    fn client_ids_are_checked() {
+        for bad in ["", "a:b", "a b", "a/b", "ä", &"a".repeat(65)] {
+            assert_eq!(RunId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! From agent events to logged frames: sequence numbers, timings, the
+//! terminal event. Shared by every backend so runs read the same everywhere.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{rfc3339, RunId, RunMeta, RunStatus, Seq};
+use crate::agent::AgentEvent;
+use crate::sse;
+
+/// One event ready for a run's log.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The event's SSE frame, sent as is to every subscriber.
+    pub frame: Bytes,
+    /// The text of a `token` event, kept for snapshots.
+    pub token: Option<String>,
+    /// Set on the terminal event.
+    pub end: Option<RunEnd>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    pub status: RunStatus,
+    pub usage: Value,
+}
+
+/// Numbers a run's events and measures it.
+#[derive(Debug)]
+pub struct Recorder {
+    run_id: RunId,
+    seq: Seq,
+    started: Instant,
+    first_token: Option<Duration>,
+    tokens: u64,
+}
+
+#[derive(Serialize)]
+struct RunData<'a> {
+    run_id: &'a str,
+    agent: &'a str,
+    created_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct TokenData<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+struct DoneData<'a> {
+    finish_reason: &'a str,
+    usage: &'a Map<String, Value>,
+    ttft_ms: Option<f64>,
+    duration_ms: f64,
+}
+
+#[derive(Serialize)]
+struct ErrorData<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl Recorder {
+    /// A recorder for `meta`'s run and the run's first event (`run`, seq 1).
+    pub fn start(meta: &RunMeta) -> (Self, Entry) {
+        let mut recorder = Self {
+            run_id: meta.id.clone(),
+            seq: 0,
+            started: Instant::now(),
+            first_token: None,
+            tokens: 0,
+        };
+        let created_at = rfc3339(meta.created_at);
+        let frame = recorder.frame(
+            "run",
+            &RunData {
+                run_id: meta.id.as_str(),
+                agent: &meta.agent,
+                created_at: &created_at,
+            },
+        );
+        (recorder, plain(frame))
+    }
+
+    /// The entry for one agent event.
+    pub fn record(&mut self, event: AgentEvent) -> Entry {
+        match event {
+            AgentEvent::Token(text) => {
+                if self.first_token.is_none() {
+                    self.first_token = Some(self.started.elapsed());
+                }
+                self.tokens += 1;
+                let frame = self.frame("token", &TokenData { text: &text });
+                Entry {
+                    frame,
+                    token: Some(text),
+                    end: None,
+                }
+            }
+            AgentEvent::Other { name, data } => {
+                let name = if sse::is_event_name(&name) && !RESERVED.contains(&name.as_str()) {
+                    name
+                } else {
+                    "agent_event".to_owned()
+                };
+                plain(self.frame(&name, &data))
+            }
+            AgentEvent::Done {
+                finish_reason,
+                usage,
+            } => self.done(&finish_reason, usage, RunStatus::Done),
+            AgentEvent::Error { code, message } => self.error(&code, &message),
+        }
+    }
+
+    /// The terminal event of a cancelled run.
+    pub fn cancelled(&mut self) -> Entry {
+        self.done("cancelled", Map::new(), RunStatus::Cancelled)
+    }
+
+    /// The terminal event of an agent stream that ended without one.
+    pub fn ended_early(&mut self) -> Entry {
+        self.error("agent_ended", "the agent stopped without finishing the run")
+    }
+
+    /// Events recorded so far.
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    fn done(
+        &mut self,
+        finish_reason: &str,
+        mut usage: Map<String, Value>,
+        status: RunStatus,
+    ) -> Entry {
+        if !usage.contains_key("output_tokens") {
+            usage.insert("output_tokens".to_owned(), Value::from(self.tokens));
+        }
+        let frame = self.frame(
+            "done",
+            &DoneData {
+                finish_reason,
+                usage: &usage,
+                ttft_ms: self.first_token.map(millis),
+                duration_ms: millis(self.started.elapsed()),
+            },
+        );
+        Entry {
+            frame,
+            token: None,
+            end: Some(RunEnd {
+                status,
+                usage: Value::Object(usage),
+            }),
+        }
+    }
+
+    fn error(&mut self, code: &str, message: &str) -> Entry {
+        let frame = self.frame("error", &ErrorData { code, message });
+        let mut usage = Map::new();
+        usage.insert("output_tokens".to_owned(), Value::from(self.tokens));
+        Entry {
+            frame,
+            token: None,
+            end: Some(RunEnd {
+                status: RunStatus::Error,
+                usage: Value::Object(usage),
+            }),
+        }
+    }
+
+    fn frame<T: Serialize + ?Sized>(&mut self, event: &str, data: &T) -> Bytes {
+        self.seq += 1;
+        sse::encode(self.run_id.as_str(), self.seq, event, data)
+    }
+}
+
+/// Event names only Sluice itself may emit.
+const RESERVED: &[&str] = &["run", "token", "done", "error"];
+
+fn plain(frame: Bytes) -> Entry {
+    Entry {
+        frame,
+        token: None,
+        end: None,
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn meta() -> RunMeta {
+        RunMeta {
+            id: RunId::parse("r1").unwrap_or_else(|| unreachable!()),
+            agent: "sim".into(),
+            prompt: String::new(),
+            created_at: SystemTime::UNIX_EPOCH,
+            cancel_on_disconnect: false,
+        }
+    }
+
+    fn text(entry: &Entry) -> String {
+        String::from_utf8_lossy(&entry.frame).into_owned()
+    }
+
+    #[test]
+    fn numbers_events_from_one_and_ends_with_done() {
+        let (mut rec, first) = Recorder::start(&meta());
+        assert_eq!(
+            text(&first),
+            "id: r1:1\nevent: run\ndata: {\"run_id\":\"r1\",\"agent\":\"sim\",\"created_at\":\"1970-01-01T00:00:00.000Z\"}\n\n"
+        );
+        let tok = rec.record(AgentEvent::Token(" hi".into()));
+        assert!(text(&tok).starts_with("id: r1:2\nevent: token\ndata: {\"text\":\" hi\"}"));
+        assert_eq!(tok.token.as_deref(), Some(" hi"));
+        let done = rec.record(AgentEvent::Done {
+            finish_reason: "stop".into(),
+            usage: Map::new(),
+        });
+        let t = text(&done);
+        assert!(t.starts_with("id: r1:3\nevent: done\ndata: {\"finish_reason\":\"stop\",\"usage\":{\"output_tokens\":1},\"ttft_ms\":"), "{t}");
+        assert_eq!(done.end.map(|e| e.status), Some(RunStatus::Done));
+    }
+
+    #[test]
+    fn cancel_without_tokens_has_null_ttft() {
+        let (mut rec, _) = Recorder::start(&meta());
+        let t = text(&rec.cancelled());
+        assert!(t.contains("\"finish_reason\":\"cancelled\""), "{t}");
+        assert!(t.contains("\"ttft_ms\":null"), "{t}");
+    }
+
+    #[test]
+    fn agent_event_names_cannot_break_the_frame_or_fake_a_terminal() {
+        let (mut rec, _) = Recorder::start(&meta());
+        for name in ["bad\nname", "done", "error"] {
+            let entry = rec.record(AgentEvent::Other {
+                name: name.into(),
+                data: Value::Null,
+            });
+            assert!(text(&entry).contains("\nevent: agent_event\n"), "{name:?}");
+            assert!(entry.end.is_none());
+        }
+        let ok = rec.record(AgentEvent::Other {
+            name: "tool_call".into(),
+            data: serde_json::json!({"name": "f"}),
+        });
+        assert!(text(&ok).contains("\nevent: tool_call\ndata: {\"name\":\"f\"}\n\n"));
+    }
+}

@@ -1,0 +1,30 @@
+//! Sluice: an SSE gateway for AI agents.
+//!
+//! Sluice turns an agent's token generator into a `text/event-stream` that
+//! `curl -N` and a browser's `EventSource` read as they are, and keeps every
+//! run resumable (`Last-Event-ID`), shareable (any number of viewers) and
+//! cancellable.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file and `SLUICE_*` overrides, validated into one [`Config`].
+//! - [`agent`]: the token sources. An [`Agent`] turns a prompt and parameters
+//!   into a stream of [`AgentEvent`]s; [`agent::sim`] is the built-in simulator.
+//! - [`hub`]: runs and their event logs. Each event is encoded once into shared
+//!   bytes and appended to its run's log; every subscriber walks the log from
+//!   its own cursor. [`hub::memory`] is the in-process backend.
+//! - [`sse`]: an event's wire bytes, built once and shared by all subscribers.
+//! - [`http`]: the axum router, handlers, errors and the serve loop.
+//! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod sse;
+pub mod telemetry;
+
+pub use agent::{Agent, AgentEvent, Agents};
+pub use config::Config;
+pub use hub::{Hub, RunId, Seq};

@@ -1,0 +1,87 @@
+//! The `sluice` binary: parse the command line, load the config, bind, print
+//! the listen line, serve until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{Cli, Command, ServeArgs};
+use sluice::config::Config;
+use sluice::http::{serve, AppState};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sluice::telemetry::init();
+    match cli.command {
+        Command::Serve(args) => match run_serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                tracing::error!("{message}");
+                eprintln!("sluice: {message}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), String> {
+    // Variables that are not Unicode cannot be ours; skip rather than panic.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let mut config = Config::load(args.config.as_deref(), env).map_err(|e| e.to_string())?;
+    if let Some(bind) = args.bind {
+        config.server.bind = bind;
+    }
+    let addr = config.bind_addr().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the listen address: {e}"))?;
+        let state = AppState::new(config).map_err(|e| e.to_string())?;
+        announce(&format!("sluice listening on http://{local}"));
+        serve(listener, state, shutdown_signal())
+            .await
+            .map_err(|e| format!("server error: {e}"))
+    })?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The listen line: the one thing written to stdout, flushed at once so a
+/// supervisor reading the pipe sees it before the first request is served.
+#[allow(clippy::print_stdout)]
+fn announce(line: &str) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

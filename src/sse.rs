@@ -1,0 +1,87 @@
+//! Server-Sent Events on the wire.
+//!
+//! A run event is encoded here exactly once, into a [`Bytes`] frame that the
+//! run's log keeps and every subscriber writes as it is. The id and event
+//! name are values Sluice controls (checked by [`is_event_name`] and
+//! [`crate::RunId`]), and the data is compact JSON, in which every newline
+//! and carriage return is escaped: so one event is always one `data:` line.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+/// The comment sent after `keep_alive_secs` without an event.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// Tells a client to reconnect after `retry_ms`, for streams ended by shutdown.
+pub fn retry_frame(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+/// Whether `name` may be used as an SSE event name: 1 to 64 characters of
+/// ASCII letters, digits, `_`, `-` and `.` (never a line break or `:`).
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Encode one event as `id: {run_id}:{seq}`, `event: {event}` and one
+/// `data:` line of compact JSON, followed by the blank line that ends it.
+///
+/// `run_id` and `event` must not contain line breaks; callers pass values
+/// checked by [`crate::RunId::parse`] and [`is_event_name`].
+pub fn encode<T: Serialize + ?Sized>(run_id: &str, seq: u64, event: &str, data: &T) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + run_id.len() + event.len());
+    buf.put_slice(b"id: ");
+    buf.put_slice(run_id.as_bytes());
+    buf.put_u8(b':');
+    buf.put_slice(itoa::Buffer::new().format(seq).as_bytes());
+    buf.put_slice(b"\nevent: ");
+    buf.put_slice(event.as_bytes());
+    buf.put_slice(b"\ndata: ");
+    let mark = buf.len();
+    // Serializing into memory cannot fail for I/O reasons, and the data types
+    // Sluice passes (structs, strings, `serde_json::Value`) always serialize;
+    // should that ever change, `null` keeps the frame well formed.
+    if serde_json::to_writer((&mut buf).writer(), data).is_err() {
+        buf.truncate(mark);
+        buf.put_slice(b"null");
+    }
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn frame_has_id_event_and_one_data_line() {
+        let frame = encode("abc", 42, "token", &json!({"text": "a\nb\r\nc"}));
+        assert_eq!(
+            &frame[..],
+            b"id: abc:42\nevent: token\ndata: {\"text\":\"a\\nb\\r\\nc\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_encode_in_decimal() {
+        for n in [0u64, 1, 9, 10, 99, 100, 12345, u64::MAX] {
+            let frame = encode("r", n, "e", &json!(null));
+            let text = String::from_utf8(frame.to_vec()).unwrap_or_default();
+            assert!(text.starts_with(&format!("id: r:{n}\n")), "{text}");
+        }
+    }
+
+    #[test]
+    fn event_names_reject_line_breaks_and_colons() {
+        assert!(is_event_name("tool_call"));
+        assert!(is_event_name("reasoning.delta"));
+        for bad in ["", "a\nb", "a\rb", "a:b", "a b", &"x".repeat(65)] {
+            assert!(!is_event_name(bad), "{bad:?}");
+        }
+    }
+}
