@@ -54,7 +54,7 @@ pub fn encode<T: Serialize + ?Sized>(run_id: &str, seq: u64, event: &str, data: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -73,6 +73,46 @@ mod tests {
             let frame = encode("r", n, "e", &json!(null));
             let text = String::from_utf8(frame.to_vec()).unwrap_or_default();
             assert!(text.starts_with(&format!("id: r:{n}\n")), "{text}");
+        }
+    }
+
+    /// Token text with the characters that break naive SSE writers.
+    pub fn nasty_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let chars = prop_oneof![
+            4 => any::<char>(),
+            1 => Just('\n'),
+            1 => Just('\r'),
+            1 => Just(':'),
+            1 => Just('\u{2028}'),
+            1 => Just('\0'),
+        ];
+        proptest::collection::vec(chars, 0..48).prop_map(String::from_iter)
+    }
+
+    /// Parses frames with an SSE parser Sluice did not write.
+    pub fn parse_all(bytes: &[u8]) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes.to_vec())]);
+        futures::executor::block_on(chunks.eventsource().collect::<Vec<_>>())
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_token_text_survives_encoding_and_parsing(text in nasty_text(), seq in 1u64..u64::MAX) {
+            let frame = encode("run_1", seq, "token", &json!({"text": text}));
+            let data_lines = frame.split(|b| *b == b'\n').filter(|l| l.starts_with(b"data:")).count();
+            proptest::prop_assert_eq!(data_lines, 1);
+            let events = parse_all(&frame);
+            proptest::prop_assert_eq!(events.len(), 1);
+            proptest::prop_assert_eq!(&events[0].id, &format!("run_1:{seq}"));
+            proptest::prop_assert_eq!(&events[0].event, "token");
+            let data: serde_json::Value = serde_json::from_str(&events[0].data).unwrap_or_default();
+            proptest::prop_assert_eq!(data["text"].as_str(), Some(text.as_str()));
         }
     }
 

@@ -262,6 +262,53 @@ mod tests {
         assert_eq!(total as u64, log.bytes());
     }
 
+    proptest::proptest! {
+        /// Whatever the texts and wherever a subscriber starts, reading the
+        /// log chunk by chunk yields exactly the events after its cursor.
+        #[test]
+        fn reading_from_any_cursor_yields_exactly_the_later_events(
+            texts in proptest::collection::vec(crate::sse::tests::nasty_text(), 0..40),
+            start in 0usize..45,
+        ) {
+            use crate::agent::AgentEvent;
+            use crate::hub::record::Recorder;
+            use crate::hub::{RunId, RunMeta};
+            let meta = RunMeta {
+                id: RunId::parse("r").unwrap_or_else(|| unreachable!()),
+                agent: "sim".into(),
+                prompt: String::new(),
+                created_at: SystemTime::UNIX_EPOCH,
+                cancel_on_disconnect: false,
+            };
+            let log = RunLog::new();
+            let (mut recorder, first) = Recorder::start(&meta);
+            log.append(first);
+            for text in &texts {
+                log.append(recorder.record(AgentEvent::Token(text.clone())));
+            }
+            let cursor = start.min(texts.len() + 1);
+            let mut bytes = Vec::new();
+            let mut at = cursor;
+            while let Read::Chunk { bytes: chunk, events } = log.read(at) {
+                bytes.extend_from_slice(&chunk);
+                at += events;
+            }
+            proptest::prop_assert_eq!(at, texts.len() + 1);
+            let events = crate::sse::tests::parse_all(&bytes);
+            let first_seq = cursor + 1;
+            proptest::prop_assert_eq!(events.len(), texts.len() + 1 - cursor);
+            for (i, event) in events.iter().enumerate() {
+                let seq = first_seq + i;
+                proptest::prop_assert_eq!(&event.id, &format!("r:{seq}"));
+                if seq >= 2 {
+                    let data: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+                    proptest::prop_assert_eq!(data["text"].as_str(), Some(texts[seq - 2].as_str()));
+                }
+            }
+            proptest::prop_assert_eq!(log.summary(true).text, Some(texts.concat()));
+        }
+    }
+
     #[tokio::test]
     async fn a_waiting_subscriber_is_woken_by_an_append() {
         let log = std::sync::Arc::new(RunLog::new());

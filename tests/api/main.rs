@@ -1,1 +1,10 @@
+//! End-to-end tests of the HTTP API on real sockets, read with an SSE parser
+//! Sluice did not write (eventsource-stream).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod errors;
+mod helpers;
+mod lifecycle;
+mod resume;
+mod runs;
+mod streaming;

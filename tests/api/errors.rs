@@ -1,0 +1,270 @@
+//! Bad input: every mistake gets a JSON error with the right status and code,
+//! and none of them disturbs a run streaming meanwhile.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+enum Body {
+    None,
+    Json(Value),
+    Raw(Vec<u8>),
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
+    let app = spawn_app().await;
+    // A run streaming while the bad requests come in.
+    let witness_url = app.url("/api/agent/stream?prompt=witness&tokens=60&interval_ms=10");
+    let client = app.client.clone();
+    let witness =
+        tokio::spawn(async move { collect(client.get(witness_url).send().await.unwrap()).await });
+
+    let big_prompt = "x".repeat(40_000);
+    let cases: Vec<(&str, String, Body, u16, &str)> = vec![
+        (
+            "GET",
+            "/api/agent/stream?tokens=0".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?tokens=100001".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?tokens=ten".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?interval_ms=-1".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?interval_ms=60001".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?seed=abc".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?tokens=5&fail_after=5".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?colour=red".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?tokens=1&tokens=2".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?agent=nope".into(),
+            Body::None,
+            400,
+            "unknown_agent",
+        ),
+        (
+            "GET",
+            "/api/agent/stream?last_event_id=garbage".into(),
+            Body::None,
+            400,
+            "invalid_param",
+        ),
+        (
+            "GET",
+            format!("/api/agent/stream?prompt={big_prompt}"),
+            Body::None,
+            413,
+            "prompt_too_large",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Raw(b"not json".to_vec()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Raw(Vec::new()),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"prompt": 5})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"params": [1]})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"promt": "typo"})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"params": {"tokens": 0}})),
+            400,
+            "invalid_param",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"agent": "nope"})),
+            400,
+            "unknown_agent",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Json(json!({"prompt": big_prompt})),
+            413,
+            "prompt_too_large",
+        ),
+        (
+            "POST",
+            "/api/runs".into(),
+            Body::Raw(vec![b' '; 2 * 1024 * 1024]),
+            413,
+            "body_too_large",
+        ),
+        (
+            "GET",
+            "/api/runs/0123456789abcdef0123456789abcdef".into(),
+            Body::None,
+            404,
+            "run_not_found",
+        ),
+        (
+            "GET",
+            "/api/runs/not:an:id".into(),
+            Body::None,
+            404,
+            "run_not_found",
+        ),
+        (
+            "DELETE",
+            "/api/runs/0123456789abcdef0123456789abcdef".into(),
+            Body::None,
+            404,
+            "run_not_found",
+        ),
+        (
+            "GET",
+            "/api/runs/0123456789abcdef0123456789abcdef/events".into(),
+            Body::None,
+            404,
+            "run_not_found",
+        ),
+        ("GET", "/nope".into(), Body::None, 404, "not_found"),
+        ("GET", "/api/nope".into(), Body::None, 404, "not_found"),
+        (
+            "PUT",
+            "/api/runs".into(),
+            Body::None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/api/agent/stream".into(),
+            Body::None,
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let mut request = app.client.request(method.parse().unwrap(), app.url(&path));
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Raw(bytes) => request
+                .header("content-type", "application/json")
+                .body(bytes),
+        };
+        let response = request.send().await.unwrap();
+        let shown = &path[..path.len().min(80)];
+        assert_eq!(response.status().as_u16(), status, "{method} {shown}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{method} {shown}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {shown}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.len() > 3, "{method} {shown}: {body}");
+    }
+
+    let (_, list) = app.get_json("/api/runs").await;
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        1,
+        "no bad request started a run"
+    );
+    let events = witness.await.unwrap();
+    assert_contiguous(&events, 1);
+    assert_eq!(events.last().unwrap().data["finish_reason"], "stop");
+    let expected = app
+        .events("/api/agent/stream?prompt=witness&tokens=60&interval_ms=0")
+        .await;
+    assert_eq!(text_of(&events), text_of(&expected));
+}
+
+#[tokio::test]
+async fn invalid_param_messages_name_the_parameter() {
+    let app = spawn_app().await;
+    for (query, param) in [
+        ("tokens=0", "tokens"),
+        ("interval_ms=x", "interval_ms"),
+        ("seed=-3", "seed"),
+        ("tokens=3&fail_after=9", "fail_after"),
+        ("temperature=1", "temperature"),
+    ] {
+        let (status, body) = app.get_json(&format!("/api/agent/stream?{query}")).await;
+        assert_eq!(status, 400);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(param), "{query}: {message}");
+    }
+}

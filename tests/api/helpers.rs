@@ -1,0 +1,247 @@
+//! Spawning apps, reading streams, cutting connections.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::Value;
+use sluice::config::Config;
+use sluice::http::{serve, AppState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A server running inside the test process on a free port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    _shutdown: oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with("").await
+}
+
+/// A server with the given config file text.
+pub async fn spawn_with(toml: &str) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        sluice::telemetry::init();
+    }
+    let config = Config::from_toml(toml, Vec::new()).expect("test config");
+    let state = AppState::new(config).expect("state");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        _shutdown: tx,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST /api/runs` with `body`; the new run's id.
+    pub async fn create_run(&self, body: Value) -> String {
+        let response = self
+            .client
+            .post(self.url("/api/runs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Reads a whole SSE response.
+    pub async fn events(&self, path: &str) -> Vec<SseEvent> {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        collect(response).await
+    }
+
+    /// Polls the snapshot until `status` or the deadline.
+    pub async fn wait_for_status(&self, run_id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, snapshot) = self.get_json(&format!("/api/runs/{run_id}")).await;
+            if snapshot["status"] == status || Instant::now() > deadline {
+                return snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One parsed event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+/// All events of a response, in order, until the server ends it.
+pub async fn collect(response: reqwest::Response) -> Vec<SseEvent> {
+    let mut stream = response.bytes_stream().eventsource();
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { break };
+        events.push(parse(event));
+    }
+    events
+}
+
+pub fn parse(event: eventsource_stream::Event) -> SseEvent {
+    SseEvent {
+        data: serde_json::from_str(&event.data).unwrap_or(Value::Null),
+        id: event.id,
+        event: event.event,
+    }
+}
+
+/// The concatenated text of the `token` events.
+pub fn text_of(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.data["text"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// The token texts, one per event.
+pub fn tokens_of(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.data["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Asserts ids are `{run}:{first..}` without gap or duplicate; returns the run id.
+pub fn assert_contiguous(events: &[SseEvent], first: u64) -> String {
+    let run = events[0].id.rsplit_once(':').unwrap().0.to_owned();
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.id,
+            format!("{run}:{}", first + i as u64),
+            "event {i}: {event:?}"
+        );
+    }
+    run
+}
+
+/// What a reconnecting client (like `EventSource`) saw.
+pub struct Reconnected {
+    pub events: Vec<SseEvent>,
+    pub connections: usize,
+    pub run_ids: Vec<String>,
+}
+
+/// Reads `url` like `EventSource`: on a dropped connection, reconnect with
+/// `Last-Event-ID` until a terminal event or a `204`.
+pub async fn read_reconnecting(client: &reqwest::Client, url: &str) -> Reconnected {
+    let mut seen = Reconnected {
+        events: Vec::new(),
+        connections: 0,
+        run_ids: Vec::new(),
+    };
+    let mut last_id: Option<String> = None;
+    while seen.connections < 10 {
+        seen.connections += 1;
+        let mut request = client.get(url);
+        if let Some(id) = &last_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let Ok(response) = request.send().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if response.status() == 204 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        if let Some(run) = response.headers().get("x-run-id") {
+            seen.run_ids.push(run.to_str().unwrap().to_owned());
+        }
+        let mut stream = response.bytes_stream().eventsource();
+        while let Some(Ok(event)) = stream.next().await {
+            let event = parse(event);
+            last_id = Some(event.id.clone());
+            let terminal = event.event == "done" || event.event == "error";
+            seen.events.push(event);
+            if terminal {
+                return seen;
+            }
+        }
+    }
+    seen
+}
+
+/// A TCP proxy to `upstream` that cuts its first connection after `cut_after`
+/// bytes from the server (mid-event, as a flaky network would) and passes
+/// every later connection through whole.
+pub async fn cutting_proxy(upstream: SocketAddr, cut_after: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let limit = if first { Some(cut_after) } else { None };
+            first = false;
+            tokio::spawn(pipe(client, upstream, limit));
+        }
+    });
+    addr
+}
+
+async fn pipe(client: TcpStream, upstream: SocketAddr, limit: Option<usize>) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let to_server = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut sent = 0usize;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = match server_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let n = match limit {
+            Some(limit) => n.min(limit - sent),
+            None => n,
+        };
+        if client_write.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        sent += n;
+        if limit == Some(sent) {
+            break;
+        }
+    }
+    to_server.abort();
+    let _ = client_write.shutdown().await;
+}

@@ -1,0 +1,255 @@
+//! The `sluice` binary: listen line, config errors, and shutdown with open streams.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::helpers::*;
+
+/// A `sluice serve` child process and the URL from its listen line.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start sluice");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in the listen line {line:?}"))
+        .to_owned();
+    Served { child, base }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the child to exit; its exit code and how long that took.
+fn wait_exit(child: &mut Child, limit: Duration) -> (Option<i32>, Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (None, start.elapsed())
+}
+
+fn write_config(text: &str) -> tempfile_path::TempPath {
+    tempfile_path::TempPath::with_text(text)
+}
+
+#[tokio::test]
+async fn the_first_stdout_line_is_the_listen_url_and_the_api_answers_there() {
+    let served = serve_binary(&["--bind", "127.0.0.1:0"], &[]);
+    assert!(served.base.starts_with("http://127.0.0.1:"));
+    let port: u16 = served.base.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0);
+    let response = reqwest::get(format!("{}/healthz", served.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events = collect(
+        reqwest::get(format!(
+            "{}/api/agent/stream?prompt=hello&tokens=3&interval_ms=0",
+            served.base
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(tokens_of(&events).len(), 3);
+}
+
+#[tokio::test]
+async fn sluice_bind_and_section_variables_configure_the_server() {
+    let served = serve_binary(
+        &[],
+        &[
+            ("SLUICE_BIND", "127.0.0.1:0"),
+            ("SLUICE_SERVER_MAX_STREAMS", "1"),
+        ],
+    );
+    let first = reqwest::get(format!(
+        "{}/api/agent/stream?tokens=50&interval_ms=20",
+        served.base
+    ))
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = reqwest::get(format!("{}/api/agent/stream", served.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.status(),
+        503,
+        "SLUICE_SERVER_MAX_STREAMS=1 took effect"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_a_message() {
+    let config = write_config("[server]\nkeep_alive_secs = \"often\"\n");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(config.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        output.stdout.is_empty(),
+        "nothing but the listen line goes to stdout"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("keep_alive_secs"), "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn sigterm_lets_short_runs_finish_tells_long_ones_to_reconnect_and_exits_zero() {
+    let config = write_config("[server]\nshutdown_grace_secs = 3\n");
+    let mut served = serve_binary(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let long = reqwest::get(format!(
+        "{}/api/agent/stream?tokens=10000&interval_ms=50",
+        served.base
+    ))
+    .await
+    .unwrap();
+    let short = reqwest::get(format!(
+        "{}/api/agent/stream?tokens=10&interval_ms=50",
+        served.base
+    ))
+    .await
+    .unwrap();
+    let mut long = long.bytes_stream();
+    let mut long_body = long.next().await.unwrap().unwrap().to_vec();
+    assert!(long_body.starts_with(b"id: "), "the run event came at once");
+
+    signal(&served.child, "TERM");
+    let short_events = collect(short).await;
+    assert_eq!(
+        short_events.last().unwrap().data["finish_reason"],
+        "stop",
+        "a run that fits in the grace ends with its terminal event"
+    );
+
+    while let Some(Ok(chunk)) = long.next().await {
+        long_body.extend_from_slice(&chunk);
+    }
+    let long_body = String::from_utf8(long_body).unwrap();
+    assert!(long_body.contains("event: token"), "{long_body}");
+    assert!(
+        !long_body.contains("event: done") && !long_body.contains("event: error"),
+        "the long stream ends without a terminal event"
+    );
+    assert!(
+        long_body.ends_with("\n\nretry: 1000\n\n"),
+        "and with a retry: field telling the client to reconnect: {:?}",
+        &long_body[long_body.len().saturating_sub(200)..]
+    );
+
+    let (code, _) = wait_exit(&mut served.child, Duration::from_secs(6));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn sigint_with_an_open_stream_exits_zero_within_the_grace() {
+    let config = write_config("[server]\nshutdown_grace_secs = 2\n");
+    let mut served = serve_binary(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let response = reqwest::get(format!(
+        "{}/api/agent/stream?tokens=10000&interval_ms=100",
+        served.base
+    ))
+    .await
+    .unwrap();
+    let reader = tokio::spawn(async move { response.bytes().await.map(|b| b.len()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&served.child, "INT");
+    let (code, took) = wait_exit(&mut served.child, Duration::from_secs(6));
+    assert_eq!(code, Some(0));
+    assert!(
+        took < Duration::from_millis(2900),
+        "exited within the 2 s grace: {took:?}"
+    );
+    let read = reader.await.unwrap();
+    assert!(read.is_ok(), "the stream ended cleanly: {read:?}");
+}
+
+/// A temporary file removed on drop, without another dependency.
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    pub struct TempPath(PathBuf);
+
+    impl TempPath {
+        pub fn with_text(text: &str) -> Self {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("sluice-test-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

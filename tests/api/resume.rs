@@ -1,0 +1,209 @@
+//! Resume by `Last-Event-ID`: through a cut connection, and the 204/404/410/400 rules.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_cut_connection_resumes_with_text_identical_to_an_uninterrupted_run() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(
+            json!({"prompt": "cut", "params": {"tokens": 40, "interval_ms": 10, "seed": 3}}),
+        )
+        .await;
+    // Cut after 700 bytes: inside the 5th or 6th event, mid-line.
+    let proxy = cutting_proxy(app.addr, 700).await;
+    let url = format!("http://{proxy}/api/runs/{id}/events");
+    let seen = read_reconnecting(&app.client, &url).await;
+    assert_eq!(seen.connections, 2, "the cut forced exactly one reconnect");
+    assert_contiguous(&seen.events, 1);
+    assert_eq!(seen.events.last().unwrap().event, "done");
+
+    let whole = app.events(&format!("/api/runs/{id}/events")).await;
+    assert_eq!(seen.events, whole, "same events, same ids, same data");
+    let independent = app
+        .events("/api/agent/stream?prompt=x&tokens=40&interval_ms=0&seed=3")
+        .await;
+    assert_eq!(text_of(&seen.events), text_of(&independent));
+}
+
+#[tokio::test]
+async fn a_one_shot_reconnect_resumes_the_same_run_and_starts_no_other() {
+    let app = spawn_app().await;
+    let proxy = cutting_proxy(app.addr, 900).await;
+    let url = format!("http://{proxy}/api/agent/stream?prompt=once&tokens=30&interval_ms=10");
+    let seen = read_reconnecting(&app.client, &url).await;
+    assert_eq!(seen.connections, 2);
+    assert_eq!(seen.run_ids.len(), 2);
+    assert_eq!(
+        seen.run_ids[0], seen.run_ids[1],
+        "the reconnect resumed the same run"
+    );
+    assert_eq!(assert_contiguous(&seen.events, 1), seen.run_ids[0]);
+    assert_eq!(tokens_of(&seen.events).len(), 30);
+
+    let (_, list) = app.get_json("/api/runs").await;
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        1,
+        "no second run was started"
+    );
+    let expected = app
+        .events("/api/agent/stream?prompt=once&tokens=30&interval_ms=0")
+        .await;
+    assert_eq!(text_of(&seen.events), text_of(&expected));
+}
+
+#[tokio::test]
+async fn the_query_parameter_resumes_and_the_header_wins_over_it() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 6, "interval_ms": 0}}))
+        .await;
+    let whole = app.events(&format!("/api/runs/{id}/events")).await;
+    let after3 = app
+        .events(&format!("/api/runs/{id}/events?last_event_id={id}:3"))
+        .await;
+    assert_eq!(after3, whole[3..]);
+    let one_shot = app
+        .events(&format!("/api/agent/stream?last_event_id={id}:5"))
+        .await;
+    assert_eq!(one_shot, whole[5..]);
+
+    let response = app
+        .client
+        .get(app.url(&format!("/api/runs/{id}/events?last_event_id={id}:1")))
+        .header("Last-Event-ID", format!("{id}:6"))
+        .send()
+        .await
+        .unwrap();
+    let events = collect(response).await;
+    assert_eq!(events, whole[6..], "the header's cursor was used");
+}
+
+#[tokio::test]
+async fn a_finished_run_with_nothing_after_the_cursor_is_204() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 2, "interval_ms": 0}}))
+        .await;
+    let whole = app.events(&format!("/api/runs/{id}/events")).await;
+    let last = &whole.last().unwrap().id;
+    for path in [
+        format!("/api/runs/{id}/events"),
+        "/api/agent/stream?prompt=ignored".to_owned(),
+    ] {
+        let response = app
+            .client
+            .get(app.url(&path))
+            .header("Last-Event-ID", last)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{path}");
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let (_, list) = app.get_json("/api/runs").await;
+    assert_eq!(
+        list["runs"].as_array().unwrap().len(),
+        1,
+        "a 204 starts no run"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_run_is_404_on_every_sse_route() {
+    let app = spawn_app().await;
+    let unknown = "0123456789abcdef0123456789abcdef";
+    for (path, header) in [
+        (format!("/api/runs/{unknown}/events"), None),
+        (
+            format!("/api/runs/{unknown}/events"),
+            Some(format!("{unknown}:1")),
+        ),
+        ("/api/agent/stream".to_owned(), Some(format!("{unknown}:1"))),
+        (format!("/api/agent/stream?last_event_id={unknown}:4"), None),
+    ] {
+        let mut request = app.client.get(app.url(&path));
+        if let Some(header) = &header {
+            request = request.header("Last-Event-ID", header);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path} {header:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "run_not_found");
+    }
+}
+
+#[tokio::test]
+async fn an_evicted_run_is_410_for_resume_and_snapshot() {
+    let app = spawn_with("[runs]\nretention_secs = 1\n").await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 2, "interval_ms": 0}}))
+        .await;
+    let whole = app.events(&format!("/api/runs/{id}/events")).await;
+    assert_eq!(whole.len(), 4);
+    let mut status = 200;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = app.get(&format!("/api/runs/{id}")).await.status().as_u16();
+        if status != 200 {
+            break;
+        }
+    }
+    assert_eq!(
+        status, 410,
+        "the run is evicted within its retention plus the sweep"
+    );
+    for (path, header) in [
+        (format!("/api/runs/{id}/events"), format!("{id}:1")),
+        ("/api/agent/stream".to_owned(), format!("{id}:2")),
+    ] {
+        let response = app
+            .client
+            .get(app.url(&path))
+            .header("Last-Event-ID", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 410, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "run_evicted");
+    }
+    assert_eq!(
+        app.get(&format!("/api/runs/{id}/events")).await.status(),
+        410
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_or_foreign_last_event_id_is_400() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 2, "interval_ms": 0}}))
+        .await;
+    let other = app
+        .create_run(json!({"params": {"tokens": 2, "interval_ms": 0}}))
+        .await;
+    for (path, header) in [
+        ("/api/agent/stream".to_owned(), "garbage".to_owned()),
+        ("/api/agent/stream".to_owned(), format!("{id}:x")),
+        ("/api/agent/stream".to_owned(), format!("{id}:-1")),
+        (format!("/api/runs/{id}/events"), "a:b:c d".to_owned()),
+        (format!("/api/runs/{id}/events"), format!("{other}:1")),
+    ] {
+        let response = app
+            .client
+            .get(app.url(&path))
+            .header("Last-Event-ID", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path} {header}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_param");
+    }
+}

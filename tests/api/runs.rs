@@ -1,0 +1,344 @@
+//! Runs as resources: create, share, cancel, disconnect grace, retention, listing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn post_creates_a_run_with_location_and_a_relative_events_url() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .post(app.url("/api/runs"))
+        .json(&json!({"agent": "sim", "prompt": "hi", "params": {"tokens": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(body["status"], "running");
+    assert_eq!(location, format!("/api/runs/{id}"));
+    assert_eq!(body["events_url"], format!("/api/runs/{id}/events"));
+    let events = app.events(body["events_url"].as_str().unwrap()).await;
+    assert_eq!(tokens_of(&events).len(), 3);
+}
+
+#[tokio::test]
+async fn two_subscribers_receive_identical_bytes() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 20, "interval_ms": 20}}))
+        .await;
+    let path = format!("/api/runs/{id}/events");
+    let read = |path: String| {
+        let client = app.client.clone();
+        let url = app.url(&path);
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let (a, b) = tokio::join!(read(path.clone()), read(path.clone()));
+    assert!(a.len() > 1000);
+    assert_eq!(a, b);
+    let late = read(path).await;
+    assert_eq!(
+        a, late,
+        "a subscriber after the end gets the same bytes from the first event"
+    );
+}
+
+#[tokio::test]
+async fn delete_cancels_a_running_run_and_subscribers_get_done_cancelled() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 1000, "interval_ms": 20}}))
+        .await;
+    let response = app.get(&format!("/api/runs/{id}/events")).await;
+    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let mut events = Vec::new();
+    while events.len() < 3 {
+        events.push(parse(stream.next().await.unwrap().unwrap()));
+    }
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 202);
+    let body: serde_json::Value = deleted.json().await.unwrap();
+    assert_eq!(body["status"], "cancelled");
+    while let Some(Ok(event)) = stream.next().await {
+        events.push(parse(event));
+    }
+    assert_contiguous(&events, 1);
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done");
+    assert_eq!(last.data["finish_reason"], "cancelled");
+    assert!(tokens_of(&events).len() < 1000);
+    assert_eq!(
+        last.data["usage"]["output_tokens"],
+        tokens_of(&events).len() as u64
+    );
+
+    let again = app
+        .client
+        .delete(app.url(&format!("/api/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "already finished");
+    let (_, snapshot) = app.get_json(&format!("/api/runs/{id}")).await;
+    assert_eq!(snapshot["status"], "cancelled");
+    assert!(snapshot["finished_at"].is_string());
+}
+
+#[tokio::test]
+async fn a_one_shot_run_is_cancelled_after_the_grace_once_its_client_leaves() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let response = app
+        .get("/api/agent/stream?tokens=1000&interval_ms=20")
+        .await;
+    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let snapshot = app
+        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
+        .await;
+    assert_eq!(snapshot["status"], "cancelled");
+    let tokens = snapshot["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(tokens < 1000, "the agent stopped early: {tokens}");
+    let events = snapshot["events"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, later) = app.get_json(&format!("/api/runs/{id}")).await;
+    assert_eq!(
+        later["events"].as_u64().unwrap(),
+        events,
+        "nothing is generated after the cancel"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_within_the_grace_keeps_a_one_shot_run_alive() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let response = app.get("/api/agent/stream?tokens=100&interval_ms=30").await;
+    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let resumed = app
+        .client
+        .get(app.url("/api/agent/stream"))
+        .header("Last-Event-ID", format!("{id}:1"))
+        .send()
+        .await
+        .unwrap();
+    let events = collect(resumed).await;
+    assert_eq!(events.last().unwrap().data["finish_reason"], "stop");
+    assert_eq!(tokens_of(&events).len(), 100);
+}
+
+#[tokio::test]
+async fn a_posted_run_continues_with_no_subscriber() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let id = app
+        .create_run(json!({"prompt": "alone", "params": {"tokens": 30, "interval_ms": 50}}))
+        .await;
+    let snapshot = app
+        .wait_for_status(&id, "done", Duration::from_secs(10))
+        .await;
+    assert_eq!(snapshot["status"], "done");
+    assert_eq!(snapshot["usage"]["output_tokens"], 30);
+    let expected = app
+        .events("/api/agent/stream?prompt=alone&tokens=30&interval_ms=0")
+        .await;
+    assert_eq!(snapshot["text"], text_of(&expected));
+    assert_eq!(snapshot["events"], 32);
+}
+
+#[tokio::test]
+async fn a_posted_run_with_cancel_on_disconnect_is_cancelled_when_nobody_watches() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let id = app
+        .create_run(
+            json!({"params": {"tokens": 1000, "interval_ms": 20}, "cancel_on_disconnect": true}),
+        )
+        .await;
+    let snapshot = app
+        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
+        .await;
+    assert_eq!(snapshot["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_snapshot_has_the_text_so_far_and_the_contract_fields() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"prompt": "snap", "params": {"tokens": 5, "interval_ms": 0}}))
+        .await;
+    let events = app.events(&format!("/api/runs/{id}/events")).await;
+    let (status, snapshot) = app.get_json(&format!("/api/runs/{id}")).await;
+    assert_eq!(status, 200);
+    for key in [
+        "id",
+        "agent",
+        "prompt",
+        "status",
+        "created_at",
+        "finished_at",
+        "events",
+        "text",
+        "usage",
+    ] {
+        assert!(snapshot.get(key).is_some(), "missing {key}: {snapshot}");
+    }
+    assert_eq!(snapshot["id"], id.as_str());
+    assert_eq!(snapshot["prompt"], "snap");
+    assert_eq!(snapshot["agent"], "sim");
+    assert_eq!(snapshot["status"], "done");
+    assert_eq!(snapshot["events"], 7);
+    assert_eq!(snapshot["text"], text_of(&events));
+    assert_eq!(snapshot["usage"]["output_tokens"], 5);
+}
+
+#[tokio::test]
+async fn runs_are_listed_newest_first_with_a_clamped_limit() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.create_run(
+                json!({"prompt": format!("p{i}"), "params": {"tokens": 1, "interval_ms": 0}}),
+            )
+            .await,
+        );
+    }
+    let (status, list) = app.get_json("/api/runs").await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
+    assert!(
+        list["runs"][0].get("text").is_none(),
+        "listings leave out the text"
+    );
+    assert_eq!(list["runs"][0]["prompt"], "p2");
+
+    for (query, expected) in [
+        ("2", 2),
+        ("0", 1),
+        ("-5", 1),
+        ("5000", 3),
+        ("abc", 3),
+        ("", 3),
+    ] {
+        let (status, list) = app.get_json(&format!("/api/runs?limit={query}")).await;
+        assert_eq!(status, 200, "limit={query}");
+        assert_eq!(
+            list["runs"].as_array().unwrap().len(),
+            expected,
+            "limit={query}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_byte_budget_evicts_the_oldest_finished_runs_first() {
+    // Each run of 20 tokens is about 2 KB of frames; the budget holds one.
+    let app = spawn_with("[runs]\nretention_bytes = 3000\n").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = app
+            .create_run(json!({"params": {"tokens": 20, "interval_ms": 0}}))
+            .await;
+        app.wait_for_status(&id, "done", Duration::from_secs(5))
+            .await;
+        ids.push(id);
+    }
+    let mut statuses = Vec::new();
+    for id in &ids {
+        statuses.push(app.get(&format!("/api/runs/{id}")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [410, 410, 200]);
+}
+
+#[tokio::test]
+async fn agents_and_health_are_listed() {
+    let app = spawn_app().await;
+    let (status, body) = app.get_json("/api/agents").await;
+    assert_eq!(status, 200);
+    let sim = body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "sim")
+        .unwrap();
+    assert_eq!(sim["kind"], "sim");
+    assert!(sim["model"].is_null());
+    for param in ["tokens", "interval_ms", "seed", "fail_after"] {
+        assert!(sim["params"][param].is_string(), "{param}");
+    }
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn max_streams_answers_503_then_recovers() {
+    let app = spawn_with("[server]\nmax_streams = 1\n").await;
+    let first = app.get("/api/agent/stream?tokens=50&interval_ms=20").await;
+    assert_eq!(first.status(), 200);
+    let second = app.get("/api/agent/stream?tokens=1").await;
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().get("retry-after").is_some());
+    let body: serde_json::Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    drop(first);
+    let mut status = 503;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = app.get("/api/agent/stream?tokens=1&interval_ms=0").await;
+        status = response.status().as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn max_running_answers_503_then_recovers() {
+    let app = spawn_with("[server]\nmax_running = 1\n").await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 1000, "interval_ms": 20}}))
+        .await;
+    let refused = app
+        .client
+        .post(app.url("/api/runs"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().get("retry-after").is_some());
+    app.client
+        .delete(app.url(&format!("/api/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let accepted = app
+        .client
+        .post(app.url("/api/runs"))
+        .json(&json!({"params": {"tokens": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 201);
+}
