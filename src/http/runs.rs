@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::stream::Query;
 use super::AppState;
 use crate::agent::{Params, RunInput};
-use crate::hub::{Cancelled, RunId, RunMeta};
+use crate::hub::{Cancelled, RunId, RunMeta, RunSnapshot};
 
 /// What starting a run needs, from either route.
 pub struct StartRun {
@@ -150,11 +150,8 @@ pub async fn list(
 pub async fn snapshot(
     State(state): State<AppState>,
     RunIdPath(id): RunIdPath,
-) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.hub.snapshot(id).await?;
-    serde_json::to_value(snapshot)
-        .map(Json)
-        .map_err(|e| ApiError::Internal(e.to_string()))
+) -> Result<Json<RunSnapshot>, ApiError> {
+    Ok(Json(state.hub.snapshot(id).await?))
 }
 
 /// `DELETE /api/runs/{id}`: `202` when it cancelled the run, `200` when the

@@ -29,6 +29,10 @@ const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 const GONE_MAX: usize = 100_000;
 /// How often expired runs are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The least time a run with `cancel_on_disconnect` waits for its first
+/// subscriber, even with a disconnect grace of 0: the one-shot route
+/// subscribes right after starting the run, possibly on another thread.
+const FIRST_SUBSCRIBER_WAIT: Duration = Duration::from_secs(1);
 /// How long `DELETE` waits for the cancelled run's terminal event.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
@@ -228,6 +232,9 @@ async fn drive(
         if end {
             break;
         }
+        // An agent whose stream is always ready (sim at interval 0) would
+        // otherwise keep this worker thread from every other task.
+        tokio::task::coop::consume_budget().await;
     }
     drop(events);
     tracing::debug!(run_id = %run.meta.id, status = ?run.log.status(), events = recorder.seq(), "run finished");
@@ -319,7 +326,8 @@ impl HubBackend for MemoryHub {
                 .fetch_add(size as u64, Ordering::Relaxed);
             shared.running.fetch_add(1, Ordering::Relaxed);
             if run.meta.cancel_on_disconnect {
-                schedule_idle_check(run.clone(), shared.disconnect_grace);
+                let wait = shared.disconnect_grace.max(FIRST_SUBSCRIBER_WAIT);
+                schedule_idle_check(run.clone(), wait);
             }
             tokio::spawn(drive(shared, run, events, recorder));
             Ok(())
