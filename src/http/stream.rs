@@ -1,7 +1,7 @@
 //! The SSE routes: the one-shot `GET /api/agent/stream` and
 //! `GET /api/runs/{id}/events`, with resume by `Last-Event-ID`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub async fn run_events(
         Some((_, seq)) => seq,
         None => 0,
     };
-    if let Some(key) = query.rest.keys().next() {
+    if let Some(key) = query.first_key() {
         return Err(ApiError::InvalidParam(format!(
             "unknown query parameter `{key}` (this route takes last_event_id)"
         )));
@@ -255,42 +255,42 @@ impl Drop for StreamSlot {
 }
 
 /// A query string as single-valued parameters, in order of appearance.
-pub struct Query {
-    rest: HashMap<String, String>,
-    order: Vec<String>,
-}
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Parses `a=1&b=2`; a parameter given twice is an error, since which
     /// one was meant cannot be known.
     pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut rest = HashMap::new();
-        let mut order = Vec::new();
+        let mut seen = HashSet::new();
+        let mut pairs = Vec::new();
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             if key.is_empty() {
                 continue;
             }
-            let key = key.into_owned();
-            if rest.insert(key.clone(), value.into_owned()).is_some() {
+            if !seen.insert(key.clone()) {
                 return Err(ApiError::InvalidParam(format!(
                     "parameter `{key}` is given more than once"
                 )));
             }
-            order.push(key);
+            pairs.push((key.into_owned(), value.into_owned()));
         }
-        Ok(Self { rest, order })
+        Ok(Self(pairs))
     }
 
     /// Removes and returns `key`.
     pub fn take(&mut self, key: &str) -> Option<String> {
-        self.rest.remove(key)
+        let index = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.remove(index).1)
     }
 
     /// The parameters not taken, in order.
-    pub fn into_rest(mut self) -> impl Iterator<Item = (String, String)> {
-        self.order
-            .into_iter()
-            .filter_map(move |key| self.rest.remove(&key).map(|value| (key, value)))
+    pub fn into_rest(self) -> impl Iterator<Item = (String, String)> {
+        self.0.into_iter()
+    }
+
+    /// The first parameter not taken, if any.
+    pub fn first_key(&self) -> Option<&str> {
+        self.0.first().map(|(k, _)| k.as_str())
     }
 }
 

@@ -300,6 +300,36 @@ impl Drop for Subscriber {
     }
 }
 
+impl MemoryHub {
+    fn subscribe_now(&self, id: &RunId, after: Seq) -> Result<Resume, HubError> {
+        let run = self.shared.lookup(id)?;
+        // Watch before reading the position, so an append in between still
+        // wakes this subscriber.
+        let changed = run.log.watch();
+        let (len, ended) = run.log.position();
+        let len = len as Seq;
+        if ended && after >= len {
+            return Ok(Resume::Finished);
+        }
+        if after > len {
+            return Err(HubError::BeyondEnd { after, last: len });
+        }
+        run.subscribers.fetch_add(1, Ordering::SeqCst);
+        run.epoch.fetch_add(1, Ordering::SeqCst);
+        let subscriber = Subscriber {
+            run,
+            grace: self.shared.disconnect_grace,
+            cursor: after as usize,
+            changed,
+        };
+        let stream = futures::stream::unfold(subscriber, |mut sub| async move {
+            let chunk = sub.next_chunk().await?;
+            Some((chunk, sub))
+        });
+        Ok(Resume::Events(stream.boxed()))
+    }
+}
+
 impl HubBackend for MemoryHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
         let shared = self.shared.clone();
@@ -336,34 +366,7 @@ impl HubBackend for MemoryHub {
     }
 
     fn subscribe(&self, id: RunId, after: Seq) -> BoxFuture<'_, Result<Resume, HubError>> {
-        let result = (|| {
-            let run = self.shared.lookup(&id)?;
-            // Subscribe before reading the position, so an append in between
-            // wakes this subscriber.
-            let changed = run.log.watch();
-            let (len, ended) = run.log.position();
-            let len = len as Seq;
-            if ended && after >= len {
-                return Ok(Resume::Finished);
-            }
-            if after > len {
-                return Err(HubError::BeyondEnd { after, last: len });
-            }
-            run.subscribers.fetch_add(1, Ordering::SeqCst);
-            run.epoch.fetch_add(1, Ordering::SeqCst);
-            let subscriber = Subscriber {
-                run,
-                grace: self.shared.disconnect_grace,
-                cursor: after as usize,
-                changed,
-            };
-            let stream = futures::stream::unfold(subscriber, |mut sub| async move {
-                let chunk = sub.next_chunk().await?;
-                Some((chunk, sub))
-            });
-            Ok(Resume::Events(stream.boxed()))
-        })();
-        futures::future::ready(result).boxed()
+        futures::future::ready(self.subscribe_now(&id, after)).boxed()
     }
 
     fn snapshot(&self, id: RunId) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {

@@ -12,6 +12,7 @@ use crate::helpers::*;
 struct Served {
     child: Child,
     base: String,
+    _config: Option<tempfile_path::TempPath>,
 }
 
 impl Drop for Served {
@@ -40,7 +41,20 @@ fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
         .find(|word| word.starts_with("http://"))
         .unwrap_or_else(|| panic!("no URL in the listen line {line:?}"))
         .to_owned();
-    Served { child, base }
+    Served {
+        child,
+        base,
+        _config: None,
+    }
+}
+
+/// `sluice serve --bind 127.0.0.1:0 --config FILE` with `toml` in FILE.
+fn serve_with_config(toml: &str) -> Served {
+    let config = write_config(toml);
+    let path = config.path().to_str().unwrap().to_owned();
+    let mut served = serve_binary(&["--bind", "127.0.0.1:0", "--config", &path], &[]);
+    served._config = Some(config);
+    served
 }
 
 fn signal(child: &Child, name: &str) {
@@ -140,16 +154,7 @@ fn a_bad_config_is_refused_with_a_message() {
 
 #[tokio::test]
 async fn sigterm_lets_short_runs_finish_tells_long_ones_to_reconnect_and_exits_zero() {
-    let config = write_config("[server]\nshutdown_grace_secs = 3\n");
-    let mut served = serve_binary(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--config",
-            config.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut served = serve_with_config("[server]\nshutdown_grace_secs = 3\n");
     let long = reqwest::get(format!(
         "{}/api/agent/stream?tokens=10000&interval_ms=50",
         served.base
@@ -195,16 +200,7 @@ async fn sigterm_lets_short_runs_finish_tells_long_ones_to_reconnect_and_exits_z
 
 #[tokio::test]
 async fn sigint_with_an_open_stream_exits_zero_within_the_grace() {
-    let config = write_config("[server]\nshutdown_grace_secs = 2\n");
-    let mut served = serve_binary(
-        &[
-            "--bind",
-            "127.0.0.1:0",
-            "--config",
-            config.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut served = serve_with_config("[server]\nshutdown_grace_secs = 2\n");
     let response = reqwest::get(format!(
         "{}/api/agent/stream?tokens=10000&interval_ms=100",
         served.base
