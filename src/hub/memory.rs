@@ -427,3 +427,28 @@ impl HubBackend for MemoryHub {
         self.shared.running.load(Ordering::Relaxed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> RunId {
+        RunId::parse(&format!("run{n}")).unwrap_or_else(|| unreachable!())
+    }
+
+    #[test]
+    fn evicted_ids_are_remembered_for_a_day_within_a_bounded_count() {
+        let mut gone = GoneIds::default();
+        let start = Instant::now();
+        for n in 0..GONE_MAX + 10 {
+            gone.insert(id(n), start);
+        }
+        assert_eq!(gone.since.len(), GONE_MAX);
+        assert!(!gone.contains(&id(0)), "the oldest ids make room");
+        assert!(gone.contains(&id(GONE_MAX + 9)));
+        gone.prune(start + GONE_FOR - Duration::from_secs(1));
+        assert!(gone.contains(&id(GONE_MAX + 9)));
+        gone.prune(start + GONE_FOR);
+        assert!(gone.since.is_empty() && gone.order.is_empty());
+    }
+}

@@ -207,3 +207,34 @@ async fn a_malformed_or_foreign_last_event_id_is_400() {
         assert_eq!(body["error"]["code"], "invalid_param");
     }
 }
+
+#[tokio::test]
+async fn a_cursor_past_the_end_is_204_when_finished_and_400_while_running() {
+    let app = spawn_app().await;
+    let finished = app
+        .create_run(json!({"params": {"tokens": 2, "interval_ms": 0}}))
+        .await;
+    app.events(&format!("/api/runs/{finished}/events")).await;
+    let response = app
+        .client
+        .get(app.url(&format!("/api/runs/{finished}/events")))
+        .header("Last-Event-ID", format!("{finished}:99"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+
+    let running = app
+        .create_run(json!({"params": {"tokens": 1000, "interval_ms": 50}}))
+        .await;
+    let response = app
+        .client
+        .get(app.url(&format!("/api/runs/{running}/events")))
+        .header("Last-Event-ID", format!("{running}:500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_param");
+}

@@ -97,6 +97,30 @@ async fn delete_cancels_a_running_run_and_subscribers_get_done_cancelled() {
 }
 
 #[tokio::test]
+async fn a_run_cancelled_before_its_first_token_has_a_null_ttft() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 5, "interval_ms": 60000}}))
+        .await;
+    let response = app.get(&format!("/api/runs/{id}/events")).await;
+    let reader = tokio::spawn(collect(response));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/runs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 202);
+    let events = reader.await.unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["run", "done"]);
+    assert_eq!(events[1].data["finish_reason"], "cancelled");
+    assert!(events[1].data["ttft_ms"].is_null());
+    assert_eq!(events[1].data["usage"]["output_tokens"], 0);
+}
+
+#[tokio::test]
 async fn a_one_shot_run_is_cancelled_after_the_grace_once_its_client_leaves() {
     let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
     let response = app
