@@ -6,6 +6,7 @@
 //! once a second; it holds only a `Weak` handle, so it ends with the hub.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -219,9 +220,12 @@ async fn drive(
         let entry = tokio::select! {
             biased;
             () = &mut cancelled => recorder.cancelled(),
-            event = events.next() => match event {
-                Some(event) => recorder.record(event),
-                None => recorder.ended_early(),
+            // A panicking agent ends its run with an error event instead of
+            // leaving it running forever with its subscribers waiting.
+            event = AssertUnwindSafe(events.next()).catch_unwind() => match event {
+                Ok(Some(event)) => recorder.record(event),
+                Ok(None) => recorder.ended_early(),
+                Err(_) => recorder.panicked(),
             },
         };
         let end = entry.end.is_some();
@@ -434,6 +438,40 @@ mod tests {
 
     fn id(n: usize) -> RunId {
         RunId::parse(&format!("run{n}")).unwrap_or_else(|| unreachable!())
+    }
+
+    #[tokio::test]
+    async fn a_panicking_agent_ends_its_run_with_an_error_event() {
+        let hub = MemoryHub::new(&RunsConfig::default());
+        let meta = RunMeta {
+            id: id(1),
+            agent: "broken".into(),
+            prompt: String::new(),
+            created_at: std::time::SystemTime::now(),
+            cancel_on_disconnect: false,
+        };
+        let events = futures::stream::iter([crate::agent::AgentEvent::Token("a".into())])
+            .chain(futures::stream::poll_fn(
+                |_| -> std::task::Poll<Option<_>> { panic!("agent bug") },
+            ))
+            .boxed();
+        assert!(hub.start(meta, events).await.is_ok());
+        let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0).await else {
+            panic!("no subscription");
+        };
+        let bytes: Vec<bytes::Bytes> =
+            tokio::time::timeout(Duration::from_secs(5), subscription.collect())
+                .await
+                .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
+        assert!(text.contains("event: token"), "{text}");
+        assert!(
+            text.ends_with(
+                "\"code\":\"agent_panicked\",\"message\":\"the agent failed unexpectedly\"}\n\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(hub.running(), 0);
     }
 
     #[test]

@@ -128,6 +128,11 @@ impl Recorder {
         self.error("agent_ended", "the agent stopped without finishing the run")
     }
 
+    /// The terminal event of an agent that panicked.
+    pub fn panicked(&mut self) -> Entry {
+        self.error("agent_panicked", "the agent failed unexpectedly")
+    }
+
     /// Events recorded so far.
     pub fn seq(&self) -> Seq {
         self.seq
