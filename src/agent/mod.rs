@@ -1,6 +1,6 @@
 //! The token sources.
 //!
-//! An [`Agent`] checks a run's parameters and returns a [`Stream`] of
+//! An [`Agent`] checks a run's parameters and returns a [`Stream`](futures::Stream) of
 //! [`AgentEvent`]s: tokens, any other named events, and one terminal `Done`
 //! or `Error`. Nothing here knows about HTTP or the hub, so a new kind of
 //! agent plugs in by implementing the trait and registering in [`Agents`].
