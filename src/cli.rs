@@ -14,7 +14,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the API (and, later, the dashboard).
+    /// Serve the API and the dashboard.
     Serve(ServeArgs),
 }
 
@@ -27,4 +27,8 @@ pub struct ServeArgs {
     /// TOML config file (every key optional).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve the dashboard from this directory (read on every request)
+    /// instead of the copy built into the binary: for working on `web/`.
+    #[arg(long, value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
 }

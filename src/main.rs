@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice::cli::{Cli, Command, ServeArgs};
 use sluice::config::Config;
+use sluice::http::dashboard::WebAssets;
 use sluice::http::{serve, AppState};
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         config.server.bind = bind;
     }
     let addr = config.bind_addr().map_err(|e| e.to_string())?;
+    let web_dir = args.web_dir;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,7 +46,13 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot read the listen address: {e}"))?;
-        let state = AppState::new(config).map_err(|e| e.to_string())?;
+        let mut state = AppState::new(config).map_err(|e| e.to_string())?;
+        if let Some(dir) = web_dir {
+            if !dir.join("index.html").is_file() {
+                return Err(format!("--web-dir {}: no index.html there", dir.display()));
+            }
+            state = state.with_web(WebAssets::Dir(dir));
+        }
         announce(&format!("sluice listening on http://{local}"));
         serve(listener, state, shutdown_signal())
             .await

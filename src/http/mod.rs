@@ -1,5 +1,6 @@
 //! The HTTP API: router, shared state and the serve loop.
 
+pub mod dashboard;
 pub mod error;
 pub mod runs;
 pub mod stream;
@@ -22,6 +23,7 @@ use crate::agent::Agents;
 use crate::config::{Config, ConfigError};
 use crate::hub::memory::MemoryHub;
 use crate::hub::Hub;
+use dashboard::WebAssets;
 use error::ApiError;
 use stream::StreamSlots;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     /// Fired near the end of the shutdown grace: every open stream then sends
     /// `retry:` and ends, so that its client reconnects elsewhere or later.
     pub streams_end: CancellationToken,
+    /// Where the dashboard's files come from.
+    pub web: Arc<WebAssets>,
 }
 
 impl AppState {
@@ -46,6 +50,12 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         let hub = Hub::new(MemoryHub::new(&config.runs));
         Self::with_hub(config, hub)
+    }
+
+    /// Serve the dashboard from `web` instead of the embedded copies.
+    pub fn with_web(mut self, web: WebAssets) -> Self {
+        self.web = Arc::new(web);
+        self
     }
 
     /// The state for `config` with any hub.
@@ -57,6 +67,7 @@ impl AppState {
             streams: StreamSlots::new(config.server.max_streams),
             config: Arc::new(config),
             streams_end: CancellationToken::new(),
+            web: Arc::new(WebAssets::Embedded),
         })
     }
 }
@@ -71,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/events", get(stream::run_events))
         .route("/api/agents", get(runs::agents))
         .route("/healthz", get(healthz))
+        .route("/", get(dashboard::index))
+        .route("/{file}", get(dashboard::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
