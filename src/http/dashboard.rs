@@ -53,9 +53,16 @@ impl WebAssets {
         };
         let bytes = match self {
             Self::Embedded => embedded.to_vec(),
-            Self::Dir(dir) => tokio::fs::read(dir.join(name)).await.map_err(|e| {
-                ApiError::Internal(format!("cannot read {}: {e}", dir.join(name).display()))
-            })?,
+            Self::Dir(dir) => match tokio::fs::read(dir.join(name)).await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(ApiError::Internal(format!(
+                        "cannot read {}: {e}",
+                        dir.join(name).display()
+                    )))
+                }
+            },
         };
         Ok(Some((content_type, bytes)))
     }

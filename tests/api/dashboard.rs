@@ -1,0 +1,127 @@
+//! The dashboard's files: embedded in the binary, or read from `--web-dir`.
+
+use std::process::{Command, Stdio};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_dashboard_and_its_files_are_served_with_their_types() {
+    let app = spawn_app().await;
+    for (path, content_type, needle) in [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            "<label for=\"prompt\">Prompt</label>",
+        ),
+        (
+            "/index.html",
+            "text/html; charset=utf-8",
+            "<script type=\"module\" src=\"/app.js\">",
+        ),
+        (
+            "/app.js",
+            "text/javascript; charset=utf-8",
+            "new EventSource(",
+        ),
+        (
+            "/style.css",
+            "text/css; charset=utf-8",
+            "prefers-color-scheme: dark",
+        ),
+        ("/favicon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type, "{path}");
+        assert_eq!(
+            response.headers()["x-content-type-options"],
+            "nosniff",
+            "{path}"
+        );
+        let body = response.text().await.unwrap();
+        assert!(body.contains(needle), "{path} lacks {needle:?}");
+    }
+    let (status, body) = app.get_json("/secrets.txt").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(app.get("/..%2FCargo.toml").await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_page_uses_no_external_resources_and_no_inline_code() {
+    let app = spawn_app().await;
+    let html = app.get("/").await.text().await.unwrap();
+    let css = app.get("/style.css").await.text().await.unwrap();
+    let js = app.get("/app.js").await.text().await.unwrap();
+    for (name, text) in [("index.html", &html), ("style.css", &css), ("app.js", &js)] {
+        assert!(
+            !text.contains("http://") && !text.contains("https://"),
+            "{name} refers to another origin"
+        );
+    }
+    assert!(
+        !html.contains("<style"),
+        "no inline styles: a strict CSP must hold"
+    );
+    assert!(!html.contains(" style=\""), "no inline style attributes");
+    assert!(!html.contains("<script>"), "no inline scripts");
+}
+
+#[tokio::test]
+async fn web_dir_serves_the_files_from_disk_on_every_request() {
+    let dir = std::env::temp_dir().join(format!("sluice-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>first edit</h1>").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--web-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "<h1>first edit</h1>");
+    std::fs::write(dir.join("index.html"), "<h1>second edit</h1>").unwrap();
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "<h1>second edit</h1>", "no restart needed");
+    let missing = reqwest::get(format!("{base}/app.js")).await.unwrap();
+    assert_eq!(
+        missing.status(),
+        404,
+        "a file missing from --web-dir is not found"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--web-dir"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("index.html"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
