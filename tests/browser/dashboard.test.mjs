@@ -223,6 +223,49 @@ test('an evicted run falls back to its snapshot and says it is gone', { skip }, 
   }
 });
 
+test('the output follows new text until the reader scrolls up, and again once back at the end', { skip }, async () => {
+  const { page, errors } = await openDashboard(sluice.base, { viewport: { width: 1280, height: 700 } });
+  const id = await startRun(page, { prompt: 'dashboard scroll', tokens: 3000, interval: 5 });
+  const box = `#pane-${id} [data-role=output]`;
+  const geometry = () => page.$eval(box, (o) => ({ top: o.scrollTop, bottom: o.scrollHeight - o.clientHeight }));
+  await page.waitForFunction((sel) => {
+    const o = document.querySelector(sel);
+    return o && o.scrollHeight > o.clientHeight + 200;
+  }, box);
+  let g = await geometry();
+  assert.ok(g.bottom - g.top <= 8, `following the end: ${JSON.stringify(g)}`);
+  await page.$eval(box, (o) => { o.scrollTop = 0; o.dispatchEvent(new Event('scroll')); });
+  const tokensBefore = Number(await stat(page, id, 'tokens'));
+  await page.waitForFunction(([runId, n]) => Number(document.querySelector(`#pane-${runId} [data-stat=tokens]`).textContent) > n + 40, [id, tokensBefore]);
+  g = await geometry();
+  assert.equal(g.top, 0, 'the reader stays where they scrolled');
+  await page.$eval(box, (o) => { o.scrollTop = o.scrollHeight; o.dispatchEvent(new Event('scroll')); });
+  const heightBefore = await page.$eval(box, (o) => o.scrollHeight);
+  await page.waitForFunction(([sel, h]) => document.querySelector(sel).scrollHeight > h + 40, [box, heightBefore]);
+  g = await geometry();
+  assert.ok(g.bottom - g.top <= 8, `following again: ${JSON.stringify(g)}`);
+  await page.click(`#pane-${id} [data-role=cancel]`);
+  await waitStatus(page, id, 'cancelled');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('a terminal error closes the stream: no reconnect loop', { skip }, async () => {
+  const { page, errors } = await openDashboard(sluice.base);
+  await page.fill('#param-fail_after', '5');
+  const id = await startRun(page, { prompt: 'dashboard failure', tokens: 20, interval: 10 });
+  await page.fill('#param-fail_after', '');
+  await waitStatus(page, id, 'error');
+  assert.match(await page.textContent(`#pane-${id} [data-role=note]`), /simulated_failure/);
+  assert.equal(await stat(page, id, 'tokens'), '5');
+  await page.waitForTimeout(1500);
+  const streams = await page.evaluate(() => window.__streams);
+  assert.equal(streams.open, 0);
+  assert.equal(streams.created, 1, 'the EventSource was closed, not left to reconnect');
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
 test('screenshots: light and dark, wide and phone', { skip }, async () => {
   mkdirSync(SHOTS, { recursive: true });
   await fetch(`${sluice.base}/api/agent/stream?prompt=${encodeURIComponent('a run started with curl -N')}&tokens=30&interval_ms=0`).then((r) => r.text());
