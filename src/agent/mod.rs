@@ -5,8 +5,11 @@
 //! or `Error`. Nothing here knows about HTTP or the hub, so a new kind of
 //! agent plugs in by implementing the trait and registering in [`Agents`].
 
+pub mod command;
+pub mod openai;
 pub mod sim;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -42,10 +45,20 @@ pub enum AgentEvent {
 }
 
 /// A parameter an agent accepts, as listed by `GET /api/agents`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ParamSpec {
-    pub name: &'static str,
-    pub description: &'static str,
+    pub name: Cow<'static, str>,
+    pub description: Cow<'static, str>,
+}
+
+impl ParamSpec {
+    /// A parameter known when Sluice is built.
+    pub const fn fixed(name: &'static str, description: &'static str) -> Self {
+        Self {
+            name: Cow::Borrowed(name),
+            description: Cow::Borrowed(description),
+        }
+    }
 }
 
 /// A parameter that is unknown, unparsable or out of range: `400 invalid_param`.
@@ -97,7 +110,7 @@ pub fn reject_unknown(params: &Params, specs: &[ParamSpec]) -> Result<(), ParamE
         .find(|key| !specs.iter().any(|spec| spec.name == key.as_str()))
     {
         Some(key) => {
-            let known: Vec<&str> = specs.iter().map(|spec| spec.name).collect();
+            let known: Vec<&str> = specs.iter().map(|spec| spec.name.as_ref()).collect();
             Err(ParamError::new(
                 key,
                 format!("unknown parameter; this agent accepts {}", known.join(", ")),
@@ -119,12 +132,19 @@ impl Agents {
         let mut by_name: BTreeMap<String, Arc<dyn Agent>> = BTreeMap::new();
         by_name.insert("sim".to_owned(), Arc::new(sim::Sim));
         for (name, config) in agents {
+            let settings = config.settings.clone();
             let agent: Arc<dyn Agent> = match config.kind.as_str() {
-                "sim" => Arc::new(sim::Sim),
+                "sim" if settings.is_empty() => Arc::new(sim::Sim),
+                "sim" => {
+                    return Err(ConfigError::Invalid(format!(
+                        "agents.{name}: the sim agent takes no settings"
+                    )))
+                }
+                "openai" => Arc::new(openai::OpenAi::from_settings(name, settings)?),
+                "command" => Arc::new(command::Command::from_settings(name, settings)?),
                 other => {
                     return Err(ConfigError::Invalid(format!(
-                        "agents.{name}: kind `{other}` is not available in this version of \
-                         sluice (available: sim)"
+                        "agents.{name}: unknown kind `{other}` (expected sim, openai or command)"
                     )))
                 }
             };

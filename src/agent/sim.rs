@@ -15,22 +15,19 @@ use super::{
 };
 
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec {
-        name: "tokens",
-        description: "number of token events, 1..=100000 (default 48)",
-    },
-    ParamSpec {
-        name: "interval_ms",
-        description: "pause before each token in milliseconds, 0..=60000 (default 40)",
-    },
-    ParamSpec {
-        name: "seed",
-        description: "u64 seed of the text (default: derived from the prompt)",
-    },
-    ParamSpec {
-        name: "fail_after",
-        description: "end with error simulated_failure right after token N (N < tokens)",
-    },
+    ParamSpec::fixed("tokens", "number of token events, 1..=100000 (default 48)"),
+    ParamSpec::fixed(
+        "interval_ms",
+        "pause before each token in milliseconds, 0..=60000 (default 40)",
+    ),
+    ParamSpec::fixed(
+        "seed",
+        "u64 seed of the text (default: derived from the prompt)",
+    ),
+    ParamSpec::fixed(
+        "fail_after",
+        "end with error simulated_failure right after token N (N < tokens)",
+    ),
 ];
 
 /// The `sim` agent.

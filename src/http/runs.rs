@@ -179,7 +179,7 @@ pub async fn agents(State(state): State<AppState>) -> Json<Value> {
             let params: Map<String, Value> = agent
                 .params()
                 .iter()
-                .map(|p| (p.name.to_owned(), Value::from(p.description)))
+                .map(|p| (p.name.to_string(), Value::from(p.description.as_ref())))
                 .collect();
             json!({"name": name, "kind": agent.kind(), "model": agent.model(), "params": params})
         })

@@ -2,10 +2,13 @@
 //! Sluice did not write (eventsource-stream).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod command;
 mod dashboard;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod openai;
 mod resume;
 mod runs;
 mod streaming;
+mod upstream;

@@ -1,0 +1,707 @@
+//! Any OpenAI-compatible `/chat/completions` upstream: vLLM, llama.cpp's
+//! server, Ollama, LM Studio, OpenAI itself.
+//!
+//! The upstream's SSE is read with eventsource-stream and mapped onto run
+//! events. Every way a stream can break ends the run with an `error` event
+//! that says how, never with a clean `done`. Dropping the stream (a cancel,
+//! or the one-shot disconnect grace) drops the HTTP response, which closes
+//! the upstream connection: the upstream stops generating.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::{Agent, AgentEvent, AgentStream, ParamError, ParamSpec, Params, RunInput};
+use crate::config::ConfigError;
+
+/// Parameters a run may set when the config does not list its own.
+const DEFAULT_ALLOWED: &[&str] = &["temperature", "top_p", "max_tokens", "stop", "seed"];
+/// At most this much of an upstream error body is read into the message.
+const MAX_ERROR_BODY: usize = 8 * 1024;
+
+/// `[agents.NAME]` with `kind = "openai"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    base_url: String,
+    model: String,
+    /// Name of the environment variable holding the API key, if any.
+    api_key_env: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    system_prompt: Option<String>,
+    /// Sent with every request; a run may override the allowed ones.
+    #[serde(default)]
+    defaults: Map<String, Value>,
+    /// Request fields a run may set (`temperature`, `max_tokens`, …).
+    allow_params: Option<Vec<String>>,
+    #[serde(default = "default_connect")]
+    connect_timeout_secs: f64,
+    #[serde(default = "default_first_token")]
+    first_token_timeout_secs: f64,
+    #[serde(default = "default_idle")]
+    idle_timeout_secs: f64,
+    #[serde(default = "default_run")]
+    max_run_secs: f64,
+}
+
+fn default_connect() -> f64 {
+    10.0
+}
+fn default_first_token() -> f64 {
+    120.0
+}
+fn default_idle() -> f64 {
+    60.0
+}
+fn default_run() -> f64 {
+    1800.0
+}
+
+/// The limits on one upstream request.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    first_token: Duration,
+    idle: Duration,
+    run: Duration,
+}
+
+/// An OpenAI-compatible upstream.
+pub struct OpenAi {
+    url: reqwest::Url,
+    model: String,
+    client: reqwest::Client,
+    system_prompt: Option<String>,
+    defaults: Map<String, Value>,
+    params: Vec<ParamSpec>,
+    timeouts: Timeouts,
+}
+
+impl OpenAi {
+    /// Builds the agent `name` from its config table; every mistake is
+    /// reported with the agent's name and the key at fault.
+    pub fn from_settings(name: &str, settings: toml::Table) -> Result<Self, ConfigError> {
+        let invalid = |msg: String| ConfigError::Invalid(format!("agents.{name}: {msg}"));
+        let s: Settings = toml::Value::Table(settings)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        if s.model.trim().is_empty() {
+            return Err(invalid("`model` is empty".into()));
+        }
+        let base = reqwest::Url::parse(s.base_url.trim_end_matches('/'))
+            .map_err(|e| invalid(format!("base_url `{}` is not a URL: {e}", s.base_url)))?;
+        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
+            return Err(invalid(format!(
+                "base_url `{}` must be an http:// or https:// URL",
+                s.base_url
+            )));
+        }
+        let url = reqwest::Url::parse(&format!(
+            "{}/chat/completions",
+            base.as_str().trim_end_matches('/')
+        ))
+        .map_err(|e| invalid(format!("base_url `{}`: {e}", s.base_url)))?;
+
+        let mut headers = HeaderMap::new();
+        for (key, value) in &s.headers {
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| invalid(format!("headers: `{key}` is not a header name")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("headers: the value of `{key}` is not valid")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if let Some(var) = &s.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "api_key_env: the environment variable {var} is not set"
+                ))
+            })?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                    invalid(format!(
+                        "api_key_env: {var} holds characters a header cannot carry"
+                    ))
+                })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let seconds = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(invalid(format!(
+                    "{key} must be a positive number of seconds"
+                )))
+            }
+        };
+        let connect = seconds("connect_timeout_secs", s.connect_timeout_secs)?;
+        let timeouts = Timeouts {
+            first_token: seconds("first_token_timeout_secs", s.first_token_timeout_secs)?,
+            idle: seconds("idle_timeout_secs", s.idle_timeout_secs)?,
+            run: seconds("max_run_secs", s.max_run_secs)?,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        let allowed: Vec<String> = s
+            .allow_params
+            .unwrap_or_else(|| DEFAULT_ALLOWED.iter().map(|p| (*p).to_owned()).collect());
+        for reserved in ["model", "messages", "stream", "stream_options"] {
+            if allowed.iter().any(|p| p == reserved) || s.defaults.contains_key(reserved) {
+                return Err(invalid(format!(
+                    "`{reserved}` is set by sluice and cannot be a parameter"
+                )));
+            }
+        }
+        let params = allowed
+            .into_iter()
+            .map(|name| {
+                let description = match s.defaults.get(&name) {
+                    Some(value) => format!("upstream `{name}` (default {value})"),
+                    None => format!("upstream `{name}` (default: the upstream's)"),
+                };
+                ParamSpec {
+                    name: name.into(),
+                    description: description.into(),
+                }
+            })
+            .collect();
+        Ok(Self {
+            url,
+            model: s.model,
+            client,
+            system_prompt: s.system_prompt,
+            defaults: s.defaults,
+            params,
+            timeouts,
+        })
+    }
+
+    fn body(&self, prompt: &str, params: &Params) -> Value {
+        let mut messages = Vec::new();
+        if let Some(system) = &self.system_prompt {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        let mut body = Map::new();
+        body.insert("model".into(), Value::from(self.model.clone()));
+        body.insert("messages".into(), Value::Array(messages));
+        for (key, value) in self.defaults.iter().chain(params.iter()) {
+            body.insert(key.clone(), value.clone());
+        }
+        body.insert("stream".into(), Value::Bool(true));
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+        Value::Object(body)
+    }
+}
+
+/// A query-string value as JSON: `0.7` is a number, `["a"]` an array, `abc` a string.
+fn param_value(value: &Value) -> Value {
+    match value {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_else(|_| value.clone()),
+        other => other.clone(),
+    }
+}
+
+impl Agent for OpenAi {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn model(&self) -> Option<&str> {
+        Some(&self.model)
+    }
+
+    fn params(&self) -> &[ParamSpec] {
+        &self.params
+    }
+
+    fn start(&self, input: RunInput) -> Result<AgentStream, ParamError> {
+        super::reject_unknown(&input.params, &self.params)?;
+        let params: Params = input
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), param_value(v)))
+            .collect();
+        let request = self
+            .client
+            .post(self.url.clone())
+            .json(&self.body(&input.prompt, &params));
+        Ok(stream(request, self.timeouts).boxed())
+    }
+}
+
+fn error(code: &str, message: impl Into<String>) -> AgentEvent {
+    AgentEvent::Error {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Which limit a wait ran into.
+fn timeout_error(first: bool, run_deadline_hit: bool, t: Timeouts) -> AgentEvent {
+    if run_deadline_hit {
+        error(
+            "upstream_run_timeout",
+            format!("the upstream did not finish within {:?}", t.run),
+        )
+    } else if first {
+        error(
+            "upstream_first_token_timeout",
+            format!("the upstream sent no token within {:?}", t.first_token),
+        )
+    } else {
+        error(
+            "upstream_idle_timeout",
+            format!("the upstream sent nothing for {:?} mid-stream", t.idle),
+        )
+    }
+}
+
+fn stream(
+    request: reqwest::RequestBuilder,
+    t: Timeouts,
+) -> impl futures::Stream<Item = AgentEvent> + Send {
+    async_stream::stream! {
+        let started = Instant::now();
+        let run_deadline = started + t.run;
+        let first_deadline = (started + t.first_token).min(run_deadline);
+        let response = match tokio::time::timeout_at(first_deadline, request.send()).await {
+            Err(_) => {
+                yield timeout_error(true, first_deadline == run_deadline, t);
+                return;
+            }
+            Ok(Err(e)) => {
+                yield request_error(&e);
+                return;
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let message = error_body(response).await;
+            yield error(&format!("upstream_http_{}", status.as_u16()), message);
+            return;
+        }
+        let mut events = response.bytes_stream().eventsource();
+        let mut reader = ChunkReader::default();
+        loop {
+            let deadline = if reader.produced { (Instant::now() + t.idle).min(run_deadline) } else { first_deadline };
+            let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                Err(_) => {
+                    yield timeout_error(!reader.produced, deadline == run_deadline, t);
+                    return;
+                }
+                Ok(next) => next,
+            };
+            match next {
+                None => {
+                    yield reader.finish_at_eof();
+                    return;
+                }
+                Some(Err(e)) => {
+                    yield error("upstream_truncated", format!("the upstream stream broke: {e}"));
+                    return;
+                }
+                Some(Ok(event)) => {
+                    if event.data.trim() == "[DONE]" {
+                        yield reader.finish_at_eof();
+                        return;
+                    }
+                    let chunk: Value = match serde_json::from_str(&event.data) {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            yield error("upstream_bad_chunk", format!("the upstream sent a chunk that is not JSON ({e}): {}", excerpt(&event.data)));
+                            return;
+                        }
+                    };
+                    for out in reader.read(&chunk) {
+                        let terminal = matches!(out, AgentEvent::Error { .. });
+                        yield out;
+                        if terminal {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn request_error(e: &reqwest::Error) -> AgentEvent {
+    if e.is_connect() && e.is_timeout() {
+        error(
+            "upstream_connect_timeout",
+            format!("connecting to the upstream timed out: {e}"),
+        )
+    } else if e.is_connect() {
+        error(
+            "upstream_unreachable",
+            format!("cannot connect to the upstream: {}", source_chain(e)),
+        )
+    } else if e.is_timeout() {
+        error(
+            "upstream_first_token_timeout",
+            format!("the upstream did not answer: {e}"),
+        )
+    } else {
+        error(
+            "upstream_unreachable",
+            format!("the request to the upstream failed: {}", source_chain(e)),
+        )
+    }
+}
+
+/// The error with its causes, which hold the useful part ("Connection refused").
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The upstream's own words from an error response: `error.message` of a
+/// JSON body, else the start of the body.
+async fn error_body(response: reqwest::Response) -> String {
+    let status = response.status();
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            body.truncate(MAX_ERROR_BODY);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let from_json = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| error_message(&v));
+    match from_json {
+        Some(message) => message,
+        None if text.trim().is_empty() => format!("the upstream answered {status}"),
+        None => excerpt(&text),
+    }
+}
+
+/// `{"error": {"message": …}}`, `{"error": "…"}` or `{"message": …}`.
+fn error_message(value: &Value) -> Option<String> {
+    let error = value.get("error").unwrap_or(value);
+    match error {
+        Value::String(message) => Some(message.clone()),
+        Value::Object(map) => map
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| Some(Value::Object(map.clone()).to_string())),
+        _ => None,
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(500) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// A tool call assembled from its deltas.
+#[derive(Debug, Default, Clone)]
+struct ToolCall {
+    id: String,
+    kind: String,
+    name: String,
+    arguments: String,
+}
+
+/// The state of one upstream stream: what has been seen, and the mapping
+/// from chunks to events.
+#[derive(Debug, Default)]
+struct ChunkReader {
+    /// A token, reasoning or tool call has arrived: idle timeouts apply now.
+    produced: bool,
+    content_chunks: u64,
+    finish_reason: Option<String>,
+    usage: Option<Map<String, Value>>,
+    tool_calls: BTreeMap<u64, ToolCall>,
+}
+
+impl ChunkReader {
+    /// The events one chunk yields.
+    fn read(&mut self, chunk: &Value) -> Vec<AgentEvent> {
+        let mut out = Vec::new();
+        if let Some(err) = chunk.get("error") {
+            let message = error_message(chunk).unwrap_or_else(|| err.to_string());
+            out.push(error("upstream_error", message));
+            return out;
+        }
+        if let Some(usage) = chunk.get("usage").and_then(Value::as_object) {
+            self.usage = Some(usage.clone());
+        }
+        let choice = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first());
+        let Some(choice) = choice else {
+            return out;
+        };
+        let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+        for key in ["reasoning_content", "reasoning"] {
+            if let Some(text) = delta
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                self.produced = true;
+                out.push(AgentEvent::Other {
+                    name: "reasoning".into(),
+                    data: json!({"text": text}),
+                });
+                break;
+            }
+        }
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            self.produced = true;
+            self.content_chunks += 1;
+            out.push(AgentEvent::Token(text.to_owned()));
+        }
+        if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
+            self.produced = true;
+            for (position, call) in calls.iter().enumerate() {
+                let index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                let entry = self.tool_calls.entry(index).or_default();
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    entry.id = id.to_owned();
+                }
+                if let Some(kind) = call.get("type").and_then(Value::as_str) {
+                    entry.kind = kind.to_owned();
+                }
+                if let Some(function) = call.get("function") {
+                    if let Some(name) = function.get("name").and_then(Value::as_str) {
+                        entry.name.push_str(name);
+                    }
+                    if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                        entry.arguments.push_str(arguments);
+                    }
+                }
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_owned());
+            out.extend(self.take_tool_calls());
+        }
+        out
+    }
+
+    /// Assembled tool calls, each as one `tool_call` event.
+    fn take_tool_calls(&mut self) -> Vec<AgentEvent> {
+        std::mem::take(&mut self.tool_calls)
+            .into_values()
+            .map(|call| AgentEvent::Other {
+                name: "tool_call".into(),
+                data: json!({
+                    "id": call.id,
+                    "type": if call.kind.is_empty() { "function".to_owned() } else { call.kind },
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }),
+            })
+            .collect()
+    }
+
+    /// The terminal event when the upstream's stream ends (`[DONE]` or EOF).
+    fn finish_at_eof(&mut self) -> AgentEvent {
+        let Some(finish_reason) = self.finish_reason.take() else {
+            return error(
+                "upstream_truncated",
+                "the upstream stream ended without a finish_reason or [DONE]",
+            );
+        };
+        AgentEvent::Done {
+            finish_reason,
+            usage: self.usage_map(),
+        }
+    }
+
+    /// `prompt_tokens` and `output_tokens` from the upstream's usage, or
+    /// `output_tokens` counted by Sluice (one per content chunk) when the
+    /// upstream sent none, marked `output_tokens_counted`.
+    fn usage_map(&self) -> Map<String, Value> {
+        let mut usage = Map::new();
+        match &self.usage {
+            Some(upstream) => {
+                if let Some(prompt) = upstream.get("prompt_tokens") {
+                    usage.insert("prompt_tokens".into(), prompt.clone());
+                }
+                if let Some(output) = upstream.get("completion_tokens") {
+                    usage.insert("output_tokens".into(), output.clone());
+                }
+                if let Some(total) = upstream.get("total_tokens") {
+                    usage.insert("total_tokens".into(), total.clone());
+                }
+            }
+            None => {
+                usage.insert("output_tokens".into(), Value::from(self.content_chunks));
+                usage.insert("output_tokens_counted".into(), Value::Bool(true));
+            }
+        }
+        if !usage.contains_key("output_tokens") {
+            usage.insert("output_tokens".into(), Value::from(self.content_chunks));
+            usage.insert("output_tokens_counted".into(), Value::Bool(true));
+        }
+        usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> toml::Table {
+        text.parse().unwrap_or_default()
+    }
+
+    #[test]
+    fn configuration_mistakes_name_the_agent_and_the_key() {
+        let cases = [
+            ("model = \"m\"", "base_url"),
+            ("base_url = \"http://h/v1\"", "model"),
+            ("base_url = \"not a url\"\nmodel = \"m\"", "base_url"),
+            ("base_url = \"ftp://h/v1\"\nmodel = \"m\"", "base_url"),
+            ("base_url = \"http://h/v1\"\nmodel = \"\"", "model"),
+            ("base_url = \"http://h/v1\"\nmodel = \"m\"\napi_key_env = \"SLUICE_TEST_SURELY_UNSET\"", "SLUICE_TEST_SURELY_UNSET"),
+            ("base_url = \"http://h/v1\"\nmodel = \"m\"\nidle_timeout_secs = 0", "idle_timeout_secs"),
+            ("base_url = \"http://h/v1\"\nmodel = \"m\"\nallow_params = [\"stream\"]", "stream"),
+            ("base_url = \"http://h/v1\"\nmodel = \"m\"\ncolour = 1", "colour"),
+        ];
+        for (text, needle) in cases {
+            let err = OpenAi::from_settings("up", settings(text))
+                .err()
+                .map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(
+                err.contains("agents.up") && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_body_merges_defaults_and_run_params_and_asks_for_usage() {
+        let agent = OpenAi::from_settings(
+            "up",
+            settings("base_url = \"http://h/v1/\"\nmodel = \"m\"\nsystem_prompt = \"be brief\"\ndefaults = { temperature = 0.2, max_tokens = 64 }"),
+        );
+        let agent = agent.ok();
+        let Some(agent) = agent else {
+            panic!("valid settings")
+        };
+        assert_eq!(agent.url.as_str(), "http://h/v1/chat/completions");
+        let mut params = Params::new();
+        params.insert("temperature".into(), param_value(&Value::from("0.9")));
+        let body = agent.body("hi", &params);
+        assert_eq!(
+            body,
+            json!({
+                "model": "m",
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                "temperature": 0.9,
+                "max_tokens": 64,
+                "stream": true,
+                "stream_options": {"include_usage": true},
+            })
+        );
+        let names: Vec<&str> = agent.params().iter().map(|p| p.name.as_ref()).collect();
+        assert_eq!(names, DEFAULT_ALLOWED);
+    }
+
+    #[test]
+    fn chunks_map_to_tokens_reasoning_tool_calls_and_usage() {
+        let mut reader = ChunkReader::default();
+        let events: Vec<AgentEvent> = [
+            json!({"choices": [{"delta": {"role": "assistant"}}]}),
+            json!({"choices": [{"delta": {"reasoning_content": "think"}}]}),
+            json!({"choices": [{"delta": {"content": "Hel"}}]}),
+            json!({"choices": [{"delta": {"content": "lo"}}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "get_", "arguments": "{\"a\""}}]}}]}),
+            json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "time", "arguments": ":1}"}}]}}]}),
+            json!({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}),
+            json!({"choices": null, "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}),
+        ]
+        .iter()
+        .flat_map(|chunk| reader.read(chunk))
+        .collect();
+        assert_eq!(
+            events,
+            vec![
+                AgentEvent::Other {
+                    name: "reasoning".into(),
+                    data: json!({"text": "think"})
+                },
+                AgentEvent::Token("Hel".into()),
+                AgentEvent::Token("lo".into()),
+                AgentEvent::Other {
+                    name: "tool_call".into(),
+                    data: json!({"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{\"a\":1}"}}),
+                },
+            ]
+        );
+        let AgentEvent::Done {
+            finish_reason,
+            usage,
+        } = reader.finish_at_eof()
+        else {
+            panic!("done expected")
+        };
+        assert_eq!(finish_reason, "tool_calls");
+        assert_eq!(
+            Value::Object(usage),
+            json!({"prompt_tokens": 7, "output_tokens": 3, "total_tokens": 10})
+        );
+    }
+
+    #[test]
+    fn without_usage_output_tokens_are_counted_and_marked() {
+        let mut reader = ChunkReader::default();
+        reader.read(&json!({"choices": [{"delta": {"content": "a"}}]}));
+        reader.read(&json!({"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}));
+        let AgentEvent::Done { usage, .. } = reader.finish_at_eof() else {
+            panic!("done expected")
+        };
+        assert_eq!(
+            Value::Object(usage),
+            json!({"output_tokens": 2, "output_tokens_counted": true})
+        );
+    }
+
+    #[test]
+    fn an_end_without_finish_reason_is_truncation_and_errors_are_errors() {
+        let mut reader = ChunkReader::default();
+        reader.read(&json!({"choices": [{"delta": {"content": "a"}}]}));
+        assert!(
+            matches!(reader.finish_at_eof(), AgentEvent::Error { code, .. } if code == "upstream_truncated")
+        );
+        let out = ChunkReader::default().read(&json!({"error": {"message": "model overloaded"}}));
+        assert_eq!(out, vec![error("upstream_error", "model overloaded")]);
+    }
+}
