@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod lifecycle;
 mod openai;
+mod real_model;
 mod resume;
 mod runs;
 mod streaming;
