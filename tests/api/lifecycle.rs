@@ -152,6 +152,40 @@ fn a_bad_config_is_refused_with_a_message() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+#[test]
+fn agents_are_checked_at_startup_with_clear_messages() {
+    for (text, needles) in [
+        (
+            "[agents.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+            ["agents.up", "model"],
+        ),
+        (
+            "[agents.up]\nkind = \"openai\"\nbase_url = \"nowhere\"\nmodel = \"m\"\n",
+            ["agents.up", "base_url"],
+        ),
+        (
+            "[agents.x]\nkind = \"telepathy\"\n",
+            ["agents.x", "telepathy"],
+        ),
+        (
+            "[agents.cmd]\nkind = \"command\"\ncommand = [\"no-such-program-here\"]\n",
+            ["agents.cmd", "no-such-program-here"],
+        ),
+    ] {
+        let config = write_config(text);
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(config.path())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for needle in needles {
+            assert!(stderr.contains(needle), "{text}: {stderr}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_lets_short_runs_finish_tells_long_ones_to_reconnect_and_exits_zero() {
     let mut served = serve_with_config("[server]\nshutdown_grace_secs = 3\n");

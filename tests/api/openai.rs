@@ -22,6 +22,7 @@ const MODELS: &[&str] = &[
     "hang-idle",
     "eof",
     "slow",
+    "missing",
 ];
 
 /// One `openai` agent per mock behaviour, named after it.
@@ -181,6 +182,7 @@ async fn broken_streams_end_with_an_error_that_says_how() {
         ("eof", "upstream_truncated", "without a finish_reason", 2),
         ("hang-first", "upstream_first_token_timeout", "no token", 0),
         ("hang-idle", "upstream_idle_timeout", "mid-stream", 1),
+        ("missing", "upstream_http_404", "model missing not found", 0),
     ] {
         let started = Instant::now();
         let events = app
@@ -318,5 +320,31 @@ async fn a_one_shot_client_that_leaves_closes_the_upstream_after_the_grace() {
     assert!(
         after >= Duration::from_millis(900) && after < Duration::from_secs(3),
         "closed {after:?} after the client left"
+    );
+}
+
+#[tokio::test]
+async fn a_run_longer_than_max_run_secs_ends_with_its_own_error() {
+    let (base, mock) = upstream::start().await;
+    let app = spawn_with(&format!(
+        "[agents.bounded]\nkind = \"openai\"\nbase_url = \"{base}\"\nmodel = \"slow\"\nmax_run_secs = 1\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let events = app.events("/api/agent/stream?agent=bounded").await;
+    let last = events.last().unwrap();
+    assert_eq!(last.data["code"], "upstream_run_timeout", "{:?}", last.data);
+    assert!(
+        tokens_of(&events).len() >= 5,
+        "it was streaming until the limit"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(
+        mock.closed_at().is_some(),
+        "and the upstream request was dropped"
     );
 }
