@@ -78,10 +78,8 @@ pub struct Command {
 impl Command {
     /// Builds the agent `name` from its config table; the program must exist.
     pub fn from_settings(name: &str, settings: toml::Table) -> Result<Self, ConfigError> {
-        let invalid = |msg: String| ConfigError::Invalid(format!("agents.{name}: {msg}"));
-        let s: Settings = toml::Value::Table(settings)
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let invalid = |msg: String| super::invalid(name, msg);
+        let s: Settings = super::settings(name, settings)?;
         let Some((program, args)) = s.command.split_first() else {
             return Err(invalid(
                 "`command` is empty; give the program and its arguments".into(),

@@ -120,6 +120,21 @@ pub fn reject_unknown(params: &Params, specs: &[ParamSpec]) -> Result<(), ParamE
     }
 }
 
+/// A configuration mistake in agent `name`, reported with the agent's name.
+pub(crate) fn invalid(name: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("agents.{name}: {message}"))
+}
+
+/// Agent `name`'s config table as its kind's typed settings.
+pub(crate) fn settings<T: serde::de::DeserializeOwned>(
+    name: &str,
+    table: toml::Table,
+) -> Result<T, ConfigError> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(name, e.message()))
+}
+
 /// The named agents this process serves.
 #[derive(Clone)]
 pub struct Agents {

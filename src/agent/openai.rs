@@ -87,10 +87,8 @@ impl OpenAi {
     /// Builds the agent `name` from its config table; every mistake is
     /// reported with the agent's name and the key at fault.
     pub fn from_settings(name: &str, settings: toml::Table) -> Result<Self, ConfigError> {
-        let invalid = |msg: String| ConfigError::Invalid(format!("agents.{name}: {msg}"));
-        let s: Settings = toml::Value::Table(settings)
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_owned()))?;
+        let invalid = |msg: String| super::invalid(name, msg);
+        let s: Settings = super::settings(name, settings)?;
         if s.model.trim().is_empty() {
             return Err(invalid("`model` is empty".into()));
         }

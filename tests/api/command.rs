@@ -199,12 +199,7 @@ async fn cancel_kills_the_process_group_and_leaves_no_zombie() {
         .collect();
     let (script, sleeper) = (pids[0], pids[1]);
     assert!(alive(script) && alive(sleeper));
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(response.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(3);
     while (std::path::Path::new(&format!("/proc/{script}")).exists() || alive(sleeper))

@@ -58,6 +58,10 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
     /// `POST /api/runs` with `body`; the new run's id.
     pub async fn create_run(&self, body: Value) -> String {
         let response = self

@@ -264,12 +264,7 @@ async fn delete_closes_the_upstream_connection_at_once_and_reports_partial_usage
     }
     assert!(seen >= 4, "the upstream is streaming");
     let deleted_at = Instant::now();
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(response.status(), 202);
     let mut closed = None;
     for _ in 0..40 {

@@ -98,12 +98,7 @@ async fn a_real_model_streams_through_sluice_and_cancel_stops_it() {
     let busy_from = cpu_seconds(pid);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let busy_cpu = cpu_seconds(pid) - busy_from;
-    let response = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(
         response.status(),
         202,

@@ -62,12 +62,7 @@ async fn delete_cancels_a_running_run_and_subscribers_get_done_cancelled() {
     while events.len() < 3 {
         events.push(parse(stream.next().await.unwrap().unwrap()));
     }
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(deleted.status(), 202);
     let body: serde_json::Value = deleted.json().await.unwrap();
     assert_eq!(body["status"], "cancelled");
@@ -84,12 +79,7 @@ async fn delete_cancels_a_running_run_and_subscribers_get_done_cancelled() {
         tokens_of(&events).len() as u64
     );
 
-    let again = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let again = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(again.status(), 200, "already finished");
     let (_, snapshot) = app.get_json(&format!("/api/runs/{id}")).await;
     assert_eq!(snapshot["status"], "cancelled");
@@ -105,12 +95,7 @@ async fn a_run_cancelled_before_its_first_token_has_a_null_ttft() {
     let response = app.get(&format!("/api/runs/{id}/events")).await;
     let reader = tokio::spawn(collect(response));
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete(&format!("/api/runs/{id}")).await;
     assert_eq!(deleted.status(), 202);
     let events = reader.await.unwrap();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
@@ -352,11 +337,7 @@ async fn max_running_answers_503_then_recovers() {
         .unwrap();
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().get("retry-after").is_some());
-    app.client
-        .delete(app.url(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap();
+    app.delete(&format!("/api/runs/{id}")).await;
     let accepted = app
         .client
         .post(app.url("/api/runs"))

@@ -4,30 +4,13 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, cuttingProxy, missing, startSluice, tokenText } from './helpers.mjs';
+import { test } from 'node:test';
+import { cuttingProxy, startSluice, tokenText, useSluiceAndBrowser } from './helpers.mjs';
 
-const why = missing();
-if (why && process.env.CI === 'true') {
-  throw new Error(`browser tests cannot run under CI=true: ${why}`);
-}
-if (why) console.error(`\n!!! SKIPPING dashboard tests: ${why} !!!\n`);
-const skip = why ?? false;
+const ctx = useSluiceAndBrowser('the dashboard tests');
+const skip = ctx.skip;
 
 const SHOTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../target/e2e');
-
-let sluice;
-let browser;
-before(async () => {
-  if (why) return;
-  sluice = await startSluice();
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-});
-after(async () => {
-  await browser?.close();
-  await sluice?.stop();
-});
 
 // Counts the EventSources the page holds open at once.
 const COUNT_STREAMS = `(() => {
@@ -50,7 +33,7 @@ const COUNT_STREAMS = `(() => {
 
 /** A page of `origin` whose console errors and page errors are collected. */
 async function openDashboard(origin, { hash = '', colorScheme = 'light', viewport } = {}) {
-  const page = await browser.newPage({ colorScheme, viewport: viewport ?? { width: 1280, height: 800 } });
+  const page = await ctx.browser.newPage({ colorScheme, viewport: viewport ?? { width: 1280, height: 800 } });
   const errors = [];
   page.on('console', (msg) => msg.type() === 'error' && errors.push(msg.text()));
   page.on('pageerror', (error) => errors.push(`pageerror: ${error}`));
@@ -86,15 +69,15 @@ async function waitStatus(page, id, wanted, timeout = 20000) {
 /** The sim's text for a prompt, fetched without the page. */
 async function simText(prompt, tokens) {
   const query = new URLSearchParams({ prompt, tokens: String(tokens), interval_ms: '0' });
-  return tokenText(await (await fetch(`${sluice.base}/api/agent/stream?${query}`)).text());
+  return tokenText(await (await fetch(`${ctx.sluice.base}/api/agent/stream?${query}`)).text());
 }
 
 async function snapshot(id) {
-  return (await fetch(`${sluice.base}/api/runs/${id}`)).json();
+  return (await fetch(`${ctx.sluice.base}/api/runs/${id}`)).json();
 }
 
 test('a run started from the form renders the sim text, token by token', { skip }, async () => {
-  const { page, errors } = await openDashboard(sluice.base);
+  const { page, errors } = await openDashboard(ctx.sluice.base);
   const params = await page.$$eval('#params input', (inputs) => inputs.map((i) => [i.name, i.value]));
   assert.deepEqual(params, [['tokens', ''], ['interval_ms', ''], ['seed', ''], ['fail_after', '']],
     'the form starts from the agent defaults, with no seed');
@@ -117,7 +100,7 @@ test('a run started from the form renders the sim text, token by token', { skip 
 });
 
 test('a connection cut mid-stream yields the complete text once, and the reconnect is shown', { skip }, async () => {
-  const proxy = await cuttingProxy(sluice.base, '/events', 1500);
+  const proxy = await cuttingProxy(ctx.sluice.base, '/events', 1500);
   try {
     const { page, errors } = await openDashboard(proxy.base);
     const id = await startRun(page, { prompt: 'dashboard cut', tokens: 60, interval: 20 });
@@ -134,7 +117,7 @@ test('a connection cut mid-stream yields the complete text once, and the reconne
 });
 
 test('the cancel button cancels the run', { skip }, async () => {
-  const { page, errors } = await openDashboard(sluice.base);
+  const { page, errors } = await openDashboard(ctx.sluice.base);
   const id = await startRun(page, { prompt: 'dashboard cancel', tokens: 1000, interval: 30 });
   await page.waitForFunction((runId) => Number(document.querySelector(`#pane-${runId} [data-stat=tokens]`)?.textContent) >= 3, id);
   await page.click(`#pane-${id} [data-role=cancel]`);
@@ -149,11 +132,11 @@ test('the cancel button cancels the run', { skip }, async () => {
 });
 
 test('a shared run URL opened in a second page shows the same text', { skip }, async () => {
-  const first = await openDashboard(sluice.base);
+  const first = await openDashboard(ctx.sluice.base);
   const id = await startRun(first.page, { prompt: 'dashboard share', tokens: 50, interval: 20 });
   const url = await first.page.getAttribute(`#pane-${id} [data-role=share]`, 'href');
-  assert.equal(url, `${sluice.base}/#/runs/${id}`);
-  const second = await browser.newPage();
+  assert.equal(url, `${ctx.sluice.base}/#/runs/${id}`);
+  const second = await ctx.browser.newPage();
   const secondErrors = [];
   second.on('console', (msg) => msg.type() === 'error' && secondErrors.push(msg.text()));
   await second.goto(url);
@@ -169,7 +152,7 @@ test('a shared run URL opened in a second page shows the same text', { skip }, a
 });
 
 test('ten open runs never hold more than four streams, and each still completes exactly', { skip }, async () => {
-  const { page, errors } = await openDashboard(sluice.base);
+  const { page, errors } = await openDashboard(ctx.sluice.base);
   const ids = [];
   for (let i = 0; i < 10; i += 1) {
     ids.push(await startRun(page, { prompt: `dashboard ten ${i}`, tokens: 40, interval: 40 }));
@@ -224,7 +207,7 @@ test('an evicted run falls back to its snapshot and says it is gone', { skip }, 
 });
 
 test('the output follows new text until the reader scrolls up, and again once back at the end', { skip }, async () => {
-  const { page, errors } = await openDashboard(sluice.base, { viewport: { width: 1280, height: 700 } });
+  const { page, errors } = await openDashboard(ctx.sluice.base, { viewport: { width: 1280, height: 700 } });
   const id = await startRun(page, { prompt: 'dashboard scroll', tokens: 3000, interval: 5 });
   const box = `#pane-${id} [data-role=output]`;
   const geometry = () => page.$eval(box, (o) => ({ top: o.scrollTop, bottom: o.scrollHeight - o.clientHeight }));
@@ -251,7 +234,7 @@ test('the output follows new text until the reader scrolls up, and again once ba
 });
 
 test('a terminal error closes the stream: no reconnect loop', { skip }, async () => {
-  const { page, errors } = await openDashboard(sluice.base);
+  const { page, errors } = await openDashboard(ctx.sluice.base);
   await page.fill('#param-fail_after', '5');
   const id = await startRun(page, { prompt: 'dashboard failure', tokens: 20, interval: 10 });
   await page.fill('#param-fail_after', '');
@@ -268,17 +251,17 @@ test('a terminal error closes the stream: no reconnect loop', { skip }, async ()
 
 test('screenshots: light and dark, wide and phone', { skip }, async () => {
   mkdirSync(SHOTS, { recursive: true });
-  await fetch(`${sluice.base}/api/agent/stream?prompt=${encodeURIComponent('a run started with curl -N')}&tokens=30&interval_ms=0`).then((r) => r.text());
+  await fetch(`${ctx.sluice.base}/api/agent/stream?prompt=${encodeURIComponent('a run started with curl -N')}&tokens=30&interval_ms=0`).then((r) => r.text());
   for (const [name, colorScheme, viewport] of [
     ['dashboard', 'light', { width: 1280, height: 800 }],
     ['dashboard-dark', 'dark', { width: 1280, height: 800 }],
     ['dashboard-phone', 'light', { width: 390, height: 844 }],
   ]) {
-    const { page, errors } = await openDashboard(sluice.base, { colorScheme, viewport });
+    const { page, errors } = await openDashboard(ctx.sluice.base, { colorScheme, viewport });
     if (name === 'dashboard') {
       // Some traffic from elsewhere, so the throughput chart has a history to show.
       for (const [tokens, interval] of [[300, 20], [200, 35]]) {
-        await fetch(`${sluice.base}/api/runs`, {
+        await fetch(`${ctx.sluice.base}/api/runs`, {
           method: 'POST', headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ prompt: `background ${tokens}`, params: { tokens, interval_ms: interval } }),
         });

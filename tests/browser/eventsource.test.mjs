@@ -1,31 +1,15 @@
 // A browser's own EventSource against sluice: it reads the stream as it is,
 // and its automatic reconnect resumes the same run instead of starting one.
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
-import { chromium } from 'playwright-core';
-import { CHROMIUM, CHROMIUM_ARGS, cuttingProxy, missing, startSluice, tokenText } from './helpers.mjs';
+import { test } from 'node:test';
+import { cuttingProxy, tokenText, useSluiceAndBrowser } from './helpers.mjs';
 
-const why = missing();
-if (why && process.env.CI === 'true') {
-  throw new Error(`browser tests cannot run under CI=true: ${why}`);
-}
-if (why) console.error(`\n!!! SKIPPING browser tests: ${why} !!!\n`);
-
-let sluice;
-let browser;
-before(async () => {
-  if (why) return;
-  sluice = await startSluice();
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-});
-after(async () => {
-  await browser?.close();
-  await sluice?.stop();
-});
+const ctx = useSluiceAndBrowser('the EventSource tests');
+const skip = ctx.skip;
 
 /** Runs `new EventSource(path)` in a page of `origin` until done or error. */
 async function readInBrowser(origin, path) {
-  const page = await browser.newPage();
+  const page = await ctx.browser.newPage();
   const pageErrors = [];
   page.on('pageerror', (error) => pageErrors.push(String(error)));
   await page.goto(`${origin}/healthz`);
@@ -60,20 +44,20 @@ function assertContiguous(ids) {
   return run;
 }
 
-test('EventSource reads the one-shot stream as it is', { skip: why ?? false }, async () => {
-  const seen = await readInBrowser(sluice.base, '/api/agent/stream?prompt=browser&tokens=20&interval_ms=5');
+test('EventSource reads the one-shot stream as it is', { skip }, async () => {
+  const seen = await readInBrowser(ctx.sluice.base, '/api/agent/stream?prompt=browser&tokens=20&interval_ms=5');
   assert.equal(seen.end.event, 'done');
   assert.equal(seen.end.data.finish_reason, 'stop');
   assert.equal(seen.opens, 1);
   assert.equal(seen.ids.length, 22);
   assertContiguous(seen.ids);
-  const body = await (await fetch(`${sluice.base}/api/agent/stream?prompt=browser&tokens=20&interval_ms=0`)).text();
+  const body = await (await fetch(`${ctx.sluice.base}/api/agent/stream?prompt=browser&tokens=20&interval_ms=0`)).text();
   assert.equal(seen.text, tokenText(body));
   assert.deepEqual(seen.pageErrors, []);
 });
 
-test('a connection cut mid-event is resumed by the browser on the same run', { skip: why ?? false }, async () => {
-  const proxy = await cuttingProxy(sluice.base, '/api/agent/stream', 1200);
+test('a connection cut mid-event is resumed by the browser on the same run', { skip }, async () => {
+  const proxy = await cuttingProxy(ctx.sluice.base, '/api/agent/stream', 1200);
   try {
     const prompt = `cut-${Date.now()}`;
     const seen = await readInBrowser(proxy.base, `/api/agent/stream?prompt=${prompt}&tokens=30&interval_ms=20`);
@@ -82,18 +66,18 @@ test('a connection cut mid-event is resumed by the browser on the same run', { s
     assert.equal(seen.connectionErrors, 1);
     assert.equal(seen.ids.length, 32, 'every event once');
     const run = assertContiguous(seen.ids);
-    const { runs } = await (await fetch(`${sluice.base}/api/runs`)).json();
+    const { runs } = await (await fetch(`${ctx.sluice.base}/api/runs`)).json();
     const started = runs.filter((r) => r.prompt === prompt);
     assert.deepEqual(started.map((r) => r.id), [run], 'the reconnect started no second run');
-    const body = await (await fetch(`${sluice.base}/api/agent/stream?prompt=${prompt}&tokens=30&interval_ms=0`)).text();
+    const body = await (await fetch(`${ctx.sluice.base}/api/agent/stream?prompt=${prompt}&tokens=30&interval_ms=0`)).text();
     assert.equal(seen.text, tokenText(body), 'text identical to an uninterrupted run');
   } finally {
     proxy.close();
   }
 });
 
-test('a terminal error event closes the stream without a reconnect loop', { skip: why ?? false }, async () => {
-  const seen = await readInBrowser(sluice.base, '/api/agent/stream?tokens=10&fail_after=4&interval_ms=0');
+test('a terminal error event closes the stream without a reconnect loop', { skip }, async () => {
+  const seen = await readInBrowser(ctx.sluice.base, '/api/agent/stream?tokens=10&fail_after=4&interval_ms=0');
   assert.equal(seen.end.event, 'error');
   assert.equal(seen.end.data.code, 'simulated_failure');
   assert.equal(seen.opens, 1);

@@ -1,5 +1,7 @@
 // Shared by the browser tests: the sluice binary, a cutting proxy, chromium.
 import { spawn } from 'node:child_process';
+import { after, before } from 'node:test';
+import { chromium } from 'playwright-core';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -80,4 +82,28 @@ export function tokenText(body) {
     .filter((line) => line.startsWith('data: {"text"'))
     .map((line) => JSON.parse(line.slice(6)).text)
     .join('');
+}
+
+/**
+ * A test file's sluice and browser, started before its tests and stopped
+ * after. When either is missing the tests skip loudly, except under CI=true,
+ * where that is a failure.
+ */
+export function useSluiceAndBrowser(label) {
+  const why = missing();
+  if (why && process.env.CI === 'true') {
+    throw new Error(`browser tests cannot run under CI=true: ${why}`);
+  }
+  if (why) console.error(`\n!!! SKIPPING ${label}: ${why} !!!\n`);
+  const ctx = { skip: why ?? false, sluice: null, browser: null };
+  before(async () => {
+    if (why) return;
+    ctx.sluice = await startSluice();
+    ctx.browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  });
+  after(async () => {
+    await ctx.browser?.close();
+    await ctx.sluice?.stop();
+  });
+  return ctx;
 }
