@@ -15,6 +15,7 @@
 //!   its own cursor. [`hub::memory`] is the in-process backend.
 //! - [`sse`]: an event's wire bytes, built once and shared by all subscribers.
 //! - [`http`]: the axum router, handlers, errors and the serve loop.
+//! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod sse;
 pub mod telemetry;
 

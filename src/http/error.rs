@@ -72,6 +72,11 @@ impl ApiError {
     }
 }
 
+/// Left on the response of a request refused by a limit or by auth, so
+/// that the metrics middleware counts it under its reason.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejected(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let Self::Internal(detail) = &self {
@@ -79,6 +84,9 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self.status().as_u16(), 401 | 403 | 413 | 429 | 503) {
+            response.extensions_mut().insert(Rejected(self.code()));
+        }
         if let Self::Unavailable {
             retry_after_secs, ..
         } = self

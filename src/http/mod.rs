@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -23,8 +26,9 @@ use crate::agent::Agents;
 use crate::config::{Config, ConfigError};
 use crate::hub::memory::MemoryHub;
 use crate::hub::Hub;
+use crate::metrics::{self, Metrics};
 use dashboard::WebAssets;
-use error::ApiError;
+use error::{ApiError, Rejected};
 use stream::StreamSlots;
 
 /// How long before the end of the shutdown grace the remaining streams are
@@ -43,13 +47,19 @@ pub struct AppState {
     pub streams_end: CancellationToken,
     /// Where the dashboard's files come from.
     pub web: Arc<WebAssets>,
+    pub metrics: Arc<Metrics>,
+    /// Fired when shutdown begins: `/readyz` then answers 503, so load
+    /// balancers stop sending new clients while open streams drain.
+    pub draining: CancellationToken,
 }
 
 impl AppState {
     /// The state for `config` with the in-memory hub. Needs a tokio runtime.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let hub = Hub::new(MemoryHub::new(&config.runs));
-        Self::with_hub(config, hub)
+        let metrics = Metrics::new()
+            .map_err(|e| ConfigError::Invalid(format!("cannot set up the metrics: {e}")))?;
+        let hub = Hub::new(MemoryHub::new(&config.runs, metrics.clone()));
+        Self::with_hub(config, hub, metrics)
     }
 
     /// Serve the dashboard from `web` instead of the embedded copies.
@@ -59,7 +69,7 @@ impl AppState {
     }
 
     /// The state for `config` with any hub.
-    pub fn with_hub(config: Config, hub: Hub) -> Result<Self, ConfigError> {
+    pub fn with_hub(config: Config, hub: Hub, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let agents = Agents::from_config(&config.agents)?;
         Ok(Self {
             hub,
@@ -68,6 +78,8 @@ impl AppState {
             config: Arc::new(config),
             streams_end: CancellationToken::new(),
             web: Arc::new(WebAssets::Embedded),
+            metrics,
+            draining: CancellationToken::new(),
         })
     }
 }
@@ -82,11 +94,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/events", get(stream::run_events))
         .route("/api/agents", get(runs::agents))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/", get(dashboard::index))
         .route("/{file}", get(dashboard::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_rejections,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(
                 "a handler panicked".into(),
@@ -98,6 +116,33 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 while this node takes new clients, 503 once it drains.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.is_cancelled() {
+        let body = json!({"status": "draining"});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state
+        .metrics
+        .render(state.streams.open(), state.hub.running());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
+}
+
+/// Counts refused requests by the reason their error leaves on the response.
+async fn count_rejections(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(Rejected(reason)) = response.extensions().get::<Rejected>() {
+        state.metrics.rejected(reason);
+    }
+    response
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -119,10 +164,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = state.config.shutdown_grace();
     let streams_end = state.streams_end.clone();
+    let draining = state.draining.clone();
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
+            draining.cancel();
             let _ = signalled.send(());
         })
         .into_future();

@@ -20,7 +20,8 @@ use super::error::ApiError;
 use super::runs::{start_run, RunIdPath, StartRun};
 use super::AppState;
 use crate::agent::Params;
-use crate::hub::{Resume, RunId, Seq, Subscription};
+use crate::hub::{Chunk, Resume, RunId, Seq, Subscription};
+use crate::metrics::Metrics;
 use crate::sse;
 
 /// What a client is told to wait before reconnecting when shutdown ends its stream.
@@ -36,8 +37,10 @@ pub async fn one_shot(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut query = Query::parse(query.as_deref())?;
+    // Taken before anything starts: a refused stream must not start a run.
+    let slot = state.streams.try_open()?;
     if let Some((run_id, seq)) = resume_point(&headers, query.take("last_event_id"))? {
-        return stream_run(&state, run_id, seq).await;
+        return stream_run(&state, slot, run_id, seq).await;
     }
     let agent = query.take("agent").unwrap_or_else(|| "sim".to_owned());
     let prompt = query.take("prompt").unwrap_or_default();
@@ -55,7 +58,7 @@ pub async fn one_shot(
         },
     )
     .await?;
-    stream_run(&state, run_id, 0).await
+    stream_run(&state, slot, run_id, 0).await
 }
 
 /// `GET /api/runs/{id}/events`: a run's events from the first, or after
@@ -81,7 +84,8 @@ pub async fn run_events(
             "unknown query parameter `{key}` (this route takes last_event_id)"
         )));
     }
-    stream_run(&state, id, after).await
+    let slot = state.streams.try_open()?;
+    stream_run(&state, slot, id, after).await
 }
 
 /// The resume cursor: the `Last-Event-ID` header, else the `last_event_id`
@@ -121,9 +125,17 @@ pub fn parse_event_id(text: &str) -> Option<(RunId, Seq)> {
     Some((RunId::parse(run)?, seq))
 }
 
-async fn stream_run(state: &AppState, run_id: RunId, after: Seq) -> Result<Response, ApiError> {
-    let slot = state.streams.try_open()?;
-    match state.hub.subscribe(run_id.clone(), after).await? {
+async fn stream_run(
+    state: &AppState,
+    slot: StreamSlot,
+    run_id: RunId,
+    after: Seq,
+) -> Result<Response, ApiError> {
+    let resume = state.hub.subscribe(run_id.clone(), after).await?;
+    if after > 0 {
+        state.metrics.resumed();
+    }
+    match resume {
         Resume::Finished => Ok(StatusCode::NO_CONTENT.into_response()),
         Resume::Events(subscription) => {
             let body = sse_body(
@@ -131,6 +143,7 @@ async fn stream_run(state: &AppState, run_id: RunId, after: Seq) -> Result<Respo
                 slot,
                 state.config.keep_alive(),
                 state.streams_end.clone(),
+                state.metrics.clone(),
             );
             let mut response = Response::new(body);
             let headers = response.headers_mut();
@@ -149,7 +162,7 @@ async fn stream_run(state: &AppState, run_id: RunId, after: Seq) -> Result<Respo
 }
 
 enum Step {
-    Chunk(Bytes),
+    Chunk(Chunk),
     KeepAlive,
     Shutdown,
     End,
@@ -164,6 +177,7 @@ fn sse_body(
     slot: StreamSlot,
     keep_alive: Duration,
     streams_end: CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> Body {
     let stream = async_stream::stream! {
         let _slot = slot;
@@ -189,9 +203,10 @@ fn sse_body(
                 }
             };
             match step {
-                Step::Chunk(bytes) => {
+                Step::Chunk(chunk) => {
                     last_write = Instant::now();
-                    yield Ok::<Bytes, Infallible>(bytes);
+                    metrics.sent(chunk.events, chunk.bytes.len() as u64);
+                    yield Ok::<Bytes, Infallible>(chunk.bytes);
                 }
                 Step::KeepAlive => {
                     last_write = Instant::now();

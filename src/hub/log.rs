@@ -202,6 +202,8 @@ mod tests {
             end: Some(RunEnd {
                 status: RunStatus::Done,
                 usage: Value::Null,
+                ttft: None,
+                duration: std::time::Duration::ZERO,
             }),
         }
     }

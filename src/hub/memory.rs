@@ -19,10 +19,12 @@ use tokio_util::sync::CancellationToken;
 use super::log::{Read, RunLog};
 use super::record::Recorder;
 use super::{
-    rfc3339, Cancelled, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot, RunStatus, Seq,
+    rfc3339, Cancelled, Chunk, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot,
+    RunStatus, Seq,
 };
 use crate::agent::AgentStream;
 use crate::config::RunsConfig;
+use crate::metrics::Metrics;
 
 /// How long an evicted run's id is remembered, to answer `410` rather than `404`.
 const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -51,6 +53,7 @@ struct Shared {
     /// Bytes of all retained runs' frames, running ones included.
     retained_bytes: AtomicU64,
     running: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -112,7 +115,7 @@ impl GoneIds {
 impl MemoryHub {
     /// A hub with `config`'s retention and disconnect grace. Must be called
     /// inside a tokio runtime: it starts the sweeper task.
-    pub fn new(config: &RunsConfig) -> Self {
+    pub fn new(config: &RunsConfig, metrics: Arc<Metrics>) -> Self {
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::default()),
             retention: config.retention(),
@@ -120,6 +123,7 @@ impl MemoryHub {
             disconnect_grace: config.disconnect_grace(),
             retained_bytes: AtomicU64::new(0),
             running: AtomicUsize::new(0),
+            metrics,
         });
         tokio::spawn(sweep_until_dropped(Arc::downgrade(&shared)));
         Self { shared }
@@ -228,12 +232,15 @@ async fn drive(
                 Err(_) => recorder.panicked(),
             },
         };
-        let end = entry.end.is_some();
+        let end = entry.end.clone();
         let size = run.log.append(entry);
         shared
             .retained_bytes
             .fetch_add(size as u64, Ordering::Relaxed);
-        if end {
+        if let Some(end) = end {
+            shared
+                .metrics
+                .run_finished(&run.meta.agent, end.status, end.ttft, end.duration);
             break;
         }
         // An agent whose stream is always ready (sim at interval 0) would
@@ -273,12 +280,15 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn next_chunk(&mut self) -> Option<bytes::Bytes> {
+    async fn next_chunk(&mut self) -> Option<Chunk> {
         loop {
             match self.run.log.read(self.cursor) {
                 Read::Chunk { bytes, events } => {
                     self.cursor += events;
-                    return Some(bytes);
+                    return Some(Chunk {
+                        bytes,
+                        events: events as u64,
+                    });
                 }
                 Read::Ended => return None,
                 Read::Pending => {}
@@ -442,7 +452,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_agent_ends_its_run_with_an_error_event() {
-        let hub = MemoryHub::new(&RunsConfig::default());
+        let hub = MemoryHub::new(
+            &RunsConfig::default(),
+            Metrics::new().unwrap_or_else(|_| unreachable!()),
+        );
         let meta = RunMeta {
             id: id(1),
             agent: "broken".into(),
@@ -459,11 +472,12 @@ mod tests {
         let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0).await else {
             panic!("no subscription");
         };
-        let bytes: Vec<bytes::Bytes> =
+        let chunks: Vec<Chunk> =
             tokio::time::timeout(Duration::from_secs(5), subscription.collect())
                 .await
                 .unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
+        let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.bytes.to_vec()).collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         assert!(text.contains("event: token"), "{text}");
         assert!(
             text.ends_with(

@@ -123,9 +123,17 @@ impl Serialize for RunId {
     }
 }
 
-/// A subscriber's bytes: every chunk holds one or more whole SSE frames,
-/// everything that was ready when it was read. Ends after the terminal event.
-pub type Subscription = BoxStream<'static, Bytes>;
+/// What a subscriber writes at once: one or more whole SSE frames,
+/// everything that was ready when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub bytes: Bytes,
+    /// How many events `bytes` holds.
+    pub events: u64,
+}
+
+/// A subscriber's chunks, ending after the terminal event.
+pub type Subscription = BoxStream<'static, Chunk>;
 
 /// The answer to a subscription request.
 pub enum Resume {

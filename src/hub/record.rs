@@ -27,6 +27,10 @@ pub struct Entry {
 pub struct RunEnd {
     pub status: RunStatus,
     pub usage: Value,
+    /// Time from the run's start to its first token, if one came.
+    pub ttft: Option<Duration>,
+    /// Time from the run's start to this end.
+    pub duration: Duration,
 }
 
 /// Numbers a run's events and measures it.
@@ -162,6 +166,8 @@ impl Recorder {
             end: Some(RunEnd {
                 status,
                 usage: Value::Object(usage),
+                ttft: self.first_token,
+                duration: self.started.elapsed(),
             }),
         }
     }
@@ -176,6 +182,8 @@ impl Recorder {
             end: Some(RunEnd {
                 status: RunStatus::Error,
                 usage: Value::Object(usage),
+                ttft: self.first_token,
+                duration: self.started.elapsed(),
             }),
         }
     }

@@ -72,16 +72,18 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
     let dir = std::env::temp_dir().join(format!("sluice-web-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "<h1>first edit</h1>").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["serve", "--bind", "127.0.0.1:0", "--web-dir"])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--web-dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
@@ -111,8 +113,7 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
         404,
         "a file missing from --web-dir is not found"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -124,4 +125,14 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("index.html"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -7,6 +7,7 @@ mod dashboard;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod metrics;
 mod openai;
 mod real_model;
 mod resume;

@@ -1,0 +1,193 @@
+//! Prometheus metrics, shown by `GET /metrics` in the classic text format.
+//!
+//! Counters on the hot path are single atomics (`sluice_events_sent_total`,
+//! `sluice_bytes_sent_total`, bumped once per written chunk, not per event);
+//! labelled families are touched once per run or per rejection. The two
+//! gauges are read from their sources when scraped, so they cannot drift.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::hub::RunStatus;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric Sluice keeps.
+pub struct Metrics {
+    registry: Registry,
+    streams_open: IntGauge,
+    runs_running: IntGauge,
+    runs: IntCounterVec,
+    events_sent: IntCounter,
+    bytes_sent: IntCounter,
+    resumes: IntCounter,
+    rejections: IntCounterVec,
+    ttft: Histogram,
+    run_duration: Histogram,
+}
+
+impl Metrics {
+    /// The metrics, registered. Fails only if a metric definition is wrong,
+    /// which the tests would show.
+    pub fn new() -> Result<Arc<Self>, prometheus::Error> {
+        let registry = Registry::new();
+        let streams_open = IntGauge::new("sluice_streams_open", "SSE responses open now")?;
+        let runs_running = IntGauge::new("sluice_runs_running", "Runs running now on this node")?;
+        let runs = IntCounterVec::new(
+            Opts::new("sluice_runs_total", "Runs finished, by agent and outcome"),
+            &["agent", "outcome"],
+        )?;
+        let events_sent =
+            IntCounter::new("sluice_events_sent_total", "Events written to subscribers")?;
+        let bytes_sent = IntCounter::new(
+            "sluice_bytes_sent_total",
+            "Bytes of events written to subscribers",
+        )?;
+        let resumes = IntCounter::new(
+            "sluice_resumes_total",
+            "Streams resumed with Last-Event-ID (header or last_event_id)",
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "sluice_rejections_total",
+                "Requests refused by a limit or by auth, by reason",
+            ),
+            &["reason"],
+        )?;
+        let ttft = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_ttft_seconds",
+                "Time from a run's start to its first token",
+            )
+            .buckets(exponential_buckets(0.005, 2.0, 14)?),
+        )?;
+        let run_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_run_duration_seconds",
+                "Time from a run's start to its end",
+            )
+            .buckets(exponential_buckets(0.05, 2.0, 16)?),
+        )?;
+        registry.register(Box::new(streams_open.clone()))?;
+        registry.register(Box::new(runs_running.clone()))?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(events_sent.clone()))?;
+        registry.register(Box::new(bytes_sent.clone()))?;
+        registry.register(Box::new(resumes.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(run_duration.clone()))?;
+        Ok(Arc::new(Self {
+            registry,
+            streams_open,
+            runs_running,
+            runs,
+            events_sent,
+            bytes_sent,
+            resumes,
+            rejections,
+            ttft,
+            run_duration,
+        }))
+    }
+
+    /// A chunk of `events` events, `bytes` long, was written to a subscriber.
+    pub fn sent(&self, events: u64, bytes: u64) {
+        self.events_sent.inc_by(events);
+        self.bytes_sent.inc_by(bytes);
+    }
+
+    /// A stream was resumed from a `Last-Event-ID`.
+    pub fn resumed(&self) {
+        self.resumes.inc();
+    }
+
+    /// A request was refused; `reason` is the error code.
+    pub fn rejected(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A run ended.
+    pub fn run_finished(
+        &self,
+        agent: &str,
+        status: RunStatus,
+        ttft: Option<Duration>,
+        duration: Duration,
+    ) {
+        let outcome = match status {
+            RunStatus::Running => "running",
+            RunStatus::Done => "done",
+            RunStatus::Error => "error",
+            RunStatus::Cancelled => "cancelled",
+        };
+        self.runs.with_label_values(&[agent, outcome]).inc();
+        if let Some(ttft) = ttft {
+            self.ttft.observe(ttft.as_secs_f64());
+        }
+        self.run_duration.observe(duration.as_secs_f64());
+    }
+
+    /// The exposition, with the gauges read now.
+    pub fn render(&self, streams_open: usize, runs_running: usize) -> String {
+        self.streams_open
+            .set(i64::try_from(streams_open).unwrap_or(i64::MAX));
+        self.runs_running
+            .set(i64::try_from(runs_running).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        // Encoding into memory fails only on an invalid metric, which `new` rules out.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot encode metrics: {e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_contract_metric_is_exposed_with_its_type() {
+        let Ok(metrics) = Metrics::new() else {
+            panic!("metrics")
+        };
+        metrics.sent(3, 120);
+        metrics.resumed();
+        metrics.rejected("too_many_streams");
+        metrics.run_finished(
+            "sim",
+            RunStatus::Done,
+            Some(Duration::from_millis(40)),
+            Duration::from_secs(2),
+        );
+        let text = metrics.render(7, 2);
+        for line in [
+            "# TYPE sluice_streams_open gauge",
+            "sluice_streams_open 7",
+            "# TYPE sluice_runs_running gauge",
+            "sluice_runs_running 2",
+            "# TYPE sluice_runs_total counter",
+            "sluice_runs_total{agent=\"sim\",outcome=\"done\"} 1",
+            "sluice_events_sent_total 3",
+            "sluice_bytes_sent_total 120",
+            "sluice_resumes_total 1",
+            "sluice_rejections_total{reason=\"too_many_streams\"} 1",
+            "# TYPE sluice_ttft_seconds histogram",
+            "sluice_ttft_seconds_count 1",
+            "# TYPE sluice_run_duration_seconds histogram",
+            "sluice_run_duration_seconds_sum 2",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
