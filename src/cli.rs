@@ -31,4 +31,18 @@ pub struct ServeArgs {
     /// instead of the copy built into the binary: for working on `web/`.
     #[arg(long, value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
+    /// Serve a non-loopback address without API keys: anyone who can reach
+    /// it may start runs. Refused without this flag.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// Log lines as text for people or JSON for log collectors (on stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -72,6 +72,8 @@ pub struct RunsConfig {
     pub retention_bytes: u64,
     pub disconnect_grace_secs: u64,
     pub max_prompt_bytes: usize,
+    /// A run still going after this long ends with `error` `run_timeout`; 0: no limit.
+    pub max_run_secs: u64,
 }
 
 impl Default for RunsConfig {
@@ -81,6 +83,7 @@ impl Default for RunsConfig {
             retention_bytes: 256 * 1024 * 1024,
             disconnect_grace_secs: 15,
             max_prompt_bytes: 32 * 1024,
+            max_run_secs: 3600,
         }
     }
 }
@@ -232,6 +235,11 @@ impl RunsConfig {
 
     pub fn disconnect_grace(&self) -> Duration {
         Duration::from_secs(self.disconnect_grace_secs)
+    }
+
+    /// The longest a run may go on, if limited.
+    pub fn max_run(&self) -> Option<Duration> {
+        (self.max_run_secs > 0).then(|| Duration::from_secs(self.max_run_secs))
     }
 }
 

@@ -12,7 +12,6 @@ use sluice::http::{serve, AppState};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    sluice::telemetry::init();
     match cli.command {
         Command::Serve(args) => match run_serve(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -26,6 +25,7 @@ fn main() -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), String> {
+    sluice::telemetry::init(args.log_format);
     // Variables that are not Unicode cannot be ours; skip rather than panic.
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
@@ -34,6 +34,12 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         config.server.bind = bind;
     }
     let addr = config.bind_addr().map_err(|e| e.to_string())?;
+    if !addr.ip().is_loopback() && config.auth.keys.is_empty() && !args.allow_anonymous {
+        return Err(format!(
+            "refusing to serve {addr} without API keys: anyone who can reach it could start \
+             runs. Bind a loopback address, configure keys, or pass --allow-anonymous"
+        ));
+    }
     let web_dir = args.web_dir;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,6 +36,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
+/// The page may load scripts, styles, images and data from its own origin
+/// only, and no other site may frame it.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 /// Where the dashboard's files come from.
 #[derive(Debug, Clone, Default)]
 pub enum WebAssets {
@@ -94,5 +99,14 @@ async fn serve_file(state: &AppState, name: &str) -> Result<Response, ApiError> 
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     Ok(response)
 }

@@ -110,12 +110,23 @@ pub fn router(state: AppState) -> Router {
                 "a handler panicked".into(),
             ))
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
 }
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// One span per request: method and path (never the query, which may carry
+/// a token), and the run id once the handler knows it.
+fn request_span(request: &Request) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        run_id = tracing::field::Empty,
+    )
 }
 
 /// `GET /readyz`: 200 while this node takes new clients, 503 once it drains.

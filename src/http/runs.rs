@@ -66,7 +66,8 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         cancel_on_disconnect: start.cancel_on_disconnect,
     };
     state.hub.start(meta, events).await?;
-    tracing::info!(run_id = %id, "run started");
+    tracing::Span::current().record("run_id", id.as_str());
+    tracing::info!("run started");
     Ok(id)
 }
 

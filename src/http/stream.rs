@@ -131,6 +131,7 @@ async fn stream_run(
     run_id: RunId,
     after: Seq,
 ) -> Result<Response, ApiError> {
+    tracing::Span::current().record("run_id", run_id.as_str());
     let resume = state.hub.subscribe(run_id.clone(), after).await?;
     if after > 0 {
         state.metrics.resumed();

@@ -50,6 +50,7 @@ struct Shared {
     retention: Duration,
     retention_bytes: u64,
     disconnect_grace: Duration,
+    max_run: Option<Duration>,
     /// Bytes of all retained runs' frames, running ones included.
     retained_bytes: AtomicU64,
     running: AtomicUsize,
@@ -121,6 +122,7 @@ impl MemoryHub {
             retention: config.retention(),
             retention_bytes: config.retention_bytes,
             disconnect_grace: config.disconnect_grace(),
+            max_run: config.max_run(),
             retained_bytes: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             metrics,
@@ -220,10 +222,17 @@ async fn drive(
 ) {
     let cancelled = run.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
+    // One timer for the whole run; a far deadline stands for "no limit".
+    let limit = shared
+        .max_run
+        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
     loop {
         let entry = tokio::select! {
             biased;
             () = &mut cancelled => recorder.cancelled(),
+            () = &mut deadline => recorder.timed_out(limit),
             // A panicking agent ends its run with an error event instead of
             // leaving it running forever with its subscribers waiting.
             event = AssertUnwindSafe(events.next()).catch_unwind() => match event {

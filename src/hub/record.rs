@@ -132,6 +132,17 @@ impl Recorder {
         self.error("agent_ended", "the agent stopped without finishing the run")
     }
 
+    /// The terminal event of a run that reached `runs.max_run_secs`.
+    pub fn timed_out(&mut self, limit: Duration) -> Entry {
+        self.error(
+            "run_timeout",
+            &format!(
+                "the run reached the gateway's limit of {} s",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// The terminal event of an agent that panicked.
     pub fn panicked(&mut self) -> Entry {
         self.error("agent_panicked", "the agent failed unexpectedly")

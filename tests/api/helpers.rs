@@ -26,7 +26,7 @@ pub async fn spawn_app() -> TestApp {
 /// A server with the given config file text.
 pub async fn spawn_with(toml: &str) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        sluice::telemetry::init();
+        sluice::telemetry::init(sluice::cli::LogFormat::Text);
     }
     let config = Config::from_toml(toml, Vec::new()).expect("test config");
     let state = AppState::new(config).expect("state");

@@ -283,3 +283,73 @@ mod tempfile_path {
         }
     }
 }
+
+#[test]
+fn a_public_address_without_keys_needs_allow_anonymous() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "it never listened");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-anonymous"), "{stderr}");
+}
+
+#[tokio::test]
+async fn allow_anonymous_serves_a_public_address() {
+    let served = serve_binary(&["--bind", "0.0.0.0:0", "--allow-anonymous"], &[]);
+    assert!(
+        served.base.starts_with("http://0.0.0.0:"),
+        "{}",
+        served.base
+    );
+    let port = served.base.rsplit(':').next().unwrap();
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_request_span_with_the_run_id() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let response = reqwest::get(format!(
+        "{base}/api/agent/stream?tokens=2&interval_ms=0&prompt=secret-in-query"
+    ))
+    .await
+    .unwrap();
+    let run_id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    response.bytes().await.unwrap();
+    signal(&child, "TERM");
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let started = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "run started")
+        .unwrap_or_else(|| panic!("no run started line in {stderr}"));
+    assert_eq!(started["span"]["run_id"], run_id.as_str());
+    assert_eq!(started["span"]["path"], "/api/agent/stream");
+    assert!(
+        !stderr.contains("secret-in-query"),
+        "query strings (and prompts) stay out of the logs"
+    );
+}

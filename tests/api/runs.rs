@@ -347,3 +347,21 @@ async fn max_running_answers_503_then_recovers() {
         .unwrap();
     assert_eq!(accepted.status(), 201);
 }
+
+#[tokio::test]
+async fn a_run_longer_than_max_run_secs_ends_with_run_timeout() {
+    let app = spawn_with("[runs]\nmax_run_secs = 1\n").await;
+    let started = std::time::Instant::now();
+    let events = app
+        .events("/api/agent/stream?tokens=1000&interval_ms=20")
+        .await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "run_timeout");
+    assert!(tokens_of(&events).len() > 10, "it ran until the limit");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
