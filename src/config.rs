@@ -89,12 +89,47 @@ impl Default for RunsConfig {
 }
 
 /// `[auth]`: API keys and per-key limits.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     pub runs_per_minute: u64,
     pub max_running_per_key: u64,
     pub keys: Vec<KeyConfig>,
+    /// Signs session cookies and access tokens; drawn at random at startup
+    /// when unset. Set the same one on every node that shares a hub.
+    pub token_secret: Option<String>,
+    /// How long a dashboard session cookie lasts.
+    pub session_ttl_secs: u64,
+    /// How long an access token lasts unless asked for less.
+    pub token_ttl_secs: u64,
+    /// Keys from `SLUICE_API_KEYS` (comma-separated), kept apart from the file's.
+    #[serde(skip)]
+    pub env_keys: Option<String>,
+}
+
+impl AuthConfig {
+    /// Whether any key is configured, in the file or the environment.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+            || self
+                .env_keys
+                .as_deref()
+                .is_some_and(|k| k.split(',').any(|k| !k.trim().is_empty()))
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            runs_per_minute: 0,
+            max_running_per_key: 0,
+            keys: Vec::new(),
+            token_secret: None,
+            session_ttl_secs: 12 * 3600,
+            token_ttl_secs: 300,
+            env_keys: None,
+        }
+    }
 }
 
 /// One `[[auth.keys]]` entry.
@@ -138,7 +173,7 @@ const KNOWN_KINDS: &[&str] = &["sim", "openai", "command"];
 /// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
 const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub"];
 /// Keys whose values stay strings even when they look like numbers.
-const STRING_KEYS: &[&str] = &["bind", "backend", "url"];
+const STRING_KEYS: &[&str] = &["bind", "backend", "url", "token_secret"];
 
 impl Config {
     /// Read `path` (if any), apply the `SLUICE_*` variables of `env`, check.
@@ -164,10 +199,15 @@ impl Config {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
-        apply_env(&mut table, env)?;
-        let config: Config = toml::Value::Table(table)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        apply_env(&mut table, env.iter().cloned())?;
+        let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.auth.env_keys = env
+            .iter()
+            .find(|(k, _)| k == "SLUICE_API_KEYS")
+            .map(|(_, v)| v.clone());
         config.validate()?;
         Ok(config)
     }
@@ -184,10 +224,10 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be at least 1".into());
         }
-        if !self.auth.keys.is_empty() || self.auth.runs_per_minute > 0 {
+        if self.auth.runs_per_minute > 0 || self.auth.max_running_per_key > 0 {
             return invalid(
-                "[auth] is not enforced by this version of sluice; remove the keys \
-                 rather than serve without the protection they promise"
+                "auth.runs_per_minute and auth.max_running_per_key are not enforced by this \
+                 version of sluice; remove them rather than serve without the limits they promise"
                     .into(),
             );
         }
@@ -253,6 +293,9 @@ fn apply_env(
         let Some(rest) = name.strip_prefix("SLUICE_") else {
             continue;
         };
+        if rest == "API_KEYS" {
+            continue;
+        }
         let rest = rest.to_ascii_lowercase();
         if rest == "bind" {
             // Ranks below the section variable SLUICE_SERVER_BIND: sorted first.
@@ -357,6 +400,18 @@ mod tests {
         }
         let bad_env = Config::from_toml("", env(&[("SLUICE_RUNS_RETENTION_SECS", "soon")]));
         assert!(bad_env.is_err());
+    }
+
+    #[test]
+    fn sluice_api_keys_count_as_keys() {
+        let config = Config::from_toml("", env(&[("SLUICE_API_KEYS", "k1, k2")])).ok();
+        assert_eq!(
+            config.as_ref().and_then(|c| c.auth.env_keys.as_deref()),
+            Some("k1, k2")
+        );
+        assert!(config.is_some_and(|c| c.auth.has_keys()));
+        let none = Config::from_toml("", env(&[("SLUICE_API_KEYS", " , ")])).ok();
+        assert!(none.is_some_and(|c| !c.auth.has_keys()));
     }
 
     #[test]

@@ -15,10 +15,12 @@
 //!   its own cursor. [`hub::memory`] is the in-process backend.
 //! - [`sse`]: an event's wire bytes, built once and shared by all subscribers.
 //! - [`http`]: the axum router, handlers, errors and the serve loop.
+//! - [`auth`]: API keys, session cookies and signed access tokens.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;

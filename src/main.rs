@@ -34,7 +34,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         config.server.bind = bind;
     }
     let addr = config.bind_addr().map_err(|e| e.to_string())?;
-    if !addr.ip().is_loopback() && config.auth.keys.is_empty() && !args.allow_anonymous {
+    if !addr.ip().is_loopback() && !config.auth.has_keys() && !args.allow_anonymous {
         return Err(format!(
             "refusing to serve {addr} without API keys: anyone who can reach it could start \
              runs. Bind a loopback address, configure keys, or pass --allow-anonymous"

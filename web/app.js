@@ -14,14 +14,62 @@ const POLL_LIMIT = 1000;
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
+/**
+ * Signing in: when the API answers 401, the page asks for a key once (every
+ * request waiting on it shares the one dialog), trades it for the session
+ * cookie with POST /api/session, and the requests are tried again. The key
+ * itself is never stored by the page; EventSource sends the cookie by itself.
+ */
+const signIn = {
+  pending: null,
+
+  ask() {
+    if (this.pending) return this.pending;
+    this.pending = new Promise((resolve) => {
+      const dialog = $('#sign-in');
+      const form = $('#sign-in-form');
+      const input = $('#api-key');
+      const error = $('#sign-in-error');
+      const submit = async (event) => {
+        event.preventDefault();
+        error.hidden = true;
+        const response = await fetch('/api/session', {
+          method: 'POST',
+          headers: { authorization: `Bearer ${input.value.trim()}` },
+        });
+        if (response.ok) {
+          form.removeEventListener('submit', submit);
+          input.value = '';
+          dialog.close();
+          this.pending = null;
+          resolve();
+        } else {
+          error.textContent = response.status === 401 ? 'That key is not valid.' : `Sign-in failed (${response.status}).`;
+          error.hidden = false;
+          input.select();
+        }
+      };
+      form.addEventListener('submit', submit);
+      dialog.addEventListener('cancel', (e) => e.preventDefault());
+      dialog.showModal();
+      input.focus();
+    });
+    return this.pending;
+  },
+};
+
 /** Calls the API; throws an Error with `status` and `code` on a JSON error. */
-async function api(method, path, body) {
+async function api(method, path, body, signedIn = false) {
   const init = { method, headers: {} };
   if (body !== undefined) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
   const response = await fetch(path, init);
+  if (response.status === 401 && !signedIn) {
+    await signIn.ask();
+    return api(method, path, body, true);
+  }
   let data = null;
   if (response.status !== 204) {
     try { data = await response.json(); } catch { data = null; }

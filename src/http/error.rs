@@ -22,6 +22,9 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    /// Missing or bad credentials.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("unknown run")]
     RunNotFound,
     #[error("the run's events are no longer retained")]
@@ -49,6 +52,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::RunNotFound | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::RunGone => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -63,6 +67,7 @@ impl ApiError {
             Self::UnknownAgent(_) => "unknown_agent",
             Self::InvalidJson(_) => "invalid_json",
             Self::TooLarge { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::Unauthorized(_) => "unauthorized",
             Self::RunNotFound => "run_not_found",
             Self::RunGone => "run_evicted",
             Self::RouteNotFound(_) => "not_found",

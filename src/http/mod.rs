@@ -1,5 +1,6 @@
 //! The HTTP API: router, shared state and the serve loop.
 
+pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod runs;
@@ -14,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::agent::Agents;
+use crate::auth::Auth;
 use crate::config::{Config, ConfigError};
 use crate::hub::memory::MemoryHub;
 use crate::hub::Hub;
@@ -51,6 +53,10 @@ pub struct AppState {
     /// Fired when shutdown begins: `/readyz` then answers 503, so load
     /// balancers stop sending new clients while open streams drain.
     pub draining: CancellationToken,
+    /// Keys and the signer of sessions and tokens.
+    pub auth: Arc<Auth>,
+    /// Whether clients reach this server over TLS (cookies get `Secure`).
+    pub tls: bool,
 }
 
 impl AppState {
@@ -71,6 +77,7 @@ impl AppState {
     /// The state for `config` with any hub.
     pub fn with_hub(config: Config, hub: Hub, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let agents = Agents::from_config(&config.agents)?;
+        let auth = Auth::from_config(&config.auth, config.auth.env_keys.as_deref())?;
         Ok(Self {
             hub,
             agents: Arc::new(agents),
@@ -80,6 +87,8 @@ impl AppState {
             web: Arc::new(WebAssets::Embedded),
             metrics,
             draining: CancellationToken::new(),
+            auth: Arc::new(auth),
+            tls: false,
         })
     }
 }
@@ -87,12 +96,25 @@ impl AppState {
 /// All routes of the API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.server.max_body_bytes;
-    Router::new()
+    // Every /api/ route needs credentials when keys are configured; the
+    // route layer runs after routing, so it knows which route it guards.
+    let api = Router::new()
         .route("/api/agent/stream", get(stream::one_shot))
         .route("/api/runs", get(runs::list).post(runs::create))
         .route("/api/runs/{id}", get(runs::snapshot).delete(runs::cancel))
         .route("/api/runs/{id}/events", get(stream::run_events))
         .route("/api/agents", get(runs::agents))
+        .route(
+            "/api/session",
+            post(auth::create_session).delete(auth::delete_session),
+        )
+        .route("/api/tokens", post(auth::create_token))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -6,7 +6,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::stream::Query;
 use super::AppState;
 use crate::agent::{Params, RunInput};
+use crate::auth::{Caller, Scope};
 use crate::hub::{Cancelled, RunId, RunMeta, RunSnapshot};
 
 /// What starting a run needs, from either route.
@@ -22,6 +23,8 @@ pub struct StartRun {
     pub prompt: String,
     pub params: Params,
     pub cancel_on_disconnect: bool,
+    /// The caller's key: only it will see the run.
+    pub owner: Option<String>,
 }
 
 /// Checks the request and starts the run: agent, prompt size, capacity,
@@ -64,6 +67,7 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         prompt: start.prompt,
         created_at: std::time::SystemTime::now(),
         cancel_on_disconnect: start.cancel_on_disconnect,
+        owner: start.owner,
     };
     state.hub.start(meta, events).await?;
     tracing::Span::current().record("run_id", id.as_str());
@@ -92,6 +96,7 @@ fn default_agent() -> String {
 /// `POST /api/runs`: start a run that goes on without subscribers.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|rejection| {
@@ -116,14 +121,24 @@ pub async fn create(
             prompt: request.prompt,
             params: request.params,
             cancel_on_disconnect: request.cancel_on_disconnect,
+            owner: caller.key.clone(),
         },
     )
     .await?;
     let location = format!("/api/runs/{id}");
+    // With auth on, the URL works as it is in an EventSource: it carries a
+    // token for this run only.
+    let events_url = if state.auth.enabled() {
+        let ttl = std::time::Duration::from_secs(state.config.auth.token_ttl_secs);
+        let token = state.auth.token(&caller, &Scope::Run(id.clone()), ttl);
+        format!("{location}/events?access_token={token}")
+    } else {
+        format!("{location}/events")
+    };
     let body = json!({
         "id": id,
         "status": "running",
-        "events_url": format!("{location}/events"),
+        "events_url": events_url,
     });
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -136,6 +151,7 @@ pub async fn create(
 /// anything unparsable means the default, 50.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let limit = Query::parse(query.as_deref())
@@ -143,30 +159,32 @@ pub async fn list(
         .and_then(|mut q| q.take("limit"))
         .and_then(|text| text.trim().parse::<i64>().ok())
         .map_or(50, |n| n.clamp(1, 1000));
-    let runs = state.hub.list(limit as usize).await?;
+    let runs = state.hub.list(limit as usize, caller.key).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 
 /// `GET /api/runs/{id}`.
 pub async fn snapshot(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RunIdPath(id): RunIdPath,
 ) -> Result<Json<RunSnapshot>, ApiError> {
-    Ok(Json(state.hub.snapshot(id).await?))
+    Ok(Json(state.hub.snapshot(id, caller.key).await?))
 }
 
 /// `DELETE /api/runs/{id}`: `202` when it cancelled the run, `200` when the
 /// run had already finished; the body is the run's snapshot without text.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RunIdPath(id): RunIdPath,
 ) -> Result<Response, ApiError> {
-    let outcome = state.hub.cancel(id.clone()).await?;
+    let outcome = state.hub.cancel(id.clone(), caller.key.clone()).await?;
     let status = match outcome {
         Cancelled::Now => StatusCode::ACCEPTED,
         Cancelled::AlreadyFinished(_) => StatusCode::OK,
     };
-    let mut snapshot = state.hub.snapshot(id).await?;
+    let mut snapshot = state.hub.snapshot(id, caller.key).await?;
     snapshot.text = None;
     Ok((status, Json(snapshot)).into_response())
 }

@@ -11,15 +11,18 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::check_scope;
 use super::error::ApiError;
 use super::runs::{start_run, RunIdPath, StartRun};
 use super::AppState;
 use crate::agent::Params;
+use crate::auth::Caller;
 use crate::hub::{Chunk, Resume, RunId, Seq, Subscription};
 use crate::metrics::Metrics;
 use crate::sse;
@@ -33,14 +36,19 @@ const FULL_RETRY_AFTER_SECS: u64 = 5;
 /// or, given a `Last-Event-ID`, resume the run it names without starting one.
 pub async fn one_shot(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut query = Query::parse(query.as_deref())?;
+    // Checked by the auth middleware already.
+    query.take("access_token");
+    let resume = resume_point(&headers, query.take("last_event_id"))?;
+    check_scope(&caller, resume.as_ref().map(|(id, _)| id))?;
     // Taken before anything starts: a refused stream must not start a run.
     let slot = state.streams.try_open()?;
-    if let Some((run_id, seq)) = resume_point(&headers, query.take("last_event_id"))? {
-        return stream_run(&state, slot, run_id, seq).await;
+    if let Some((run_id, seq)) = resume {
+        return stream_run(&state, &caller, slot, run_id, seq).await;
     }
     let agent = query.take("agent").unwrap_or_else(|| "sim".to_owned());
     let prompt = query.take("prompt").unwrap_or_default();
@@ -55,21 +63,25 @@ pub async fn one_shot(
             prompt,
             params,
             cancel_on_disconnect: true,
+            owner: caller.key.clone(),
         },
     )
     .await?;
-    stream_run(&state, slot, run_id, 0).await
+    stream_run(&state, &caller, slot, run_id, 0).await
 }
 
 /// `GET /api/runs/{id}/events`: a run's events from the first, or after
 /// `Last-Event-ID`; any number of subscribers.
 pub async fn run_events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     RunIdPath(id): RunIdPath,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    check_scope(&caller, Some(&id))?;
     let mut query = Query::parse(query.as_deref())?;
+    query.take("access_token");
     let after = match resume_point(&headers, query.take("last_event_id"))? {
         Some((resume_id, _)) if resume_id != id => {
             return Err(ApiError::InvalidParam(format!(
@@ -85,7 +97,7 @@ pub async fn run_events(
         )));
     }
     let slot = state.streams.try_open()?;
-    stream_run(&state, slot, id, after).await
+    stream_run(&state, &caller, slot, id, after).await
 }
 
 /// The resume cursor: the `Last-Event-ID` header, else the `last_event_id`
@@ -127,12 +139,16 @@ pub fn parse_event_id(text: &str) -> Option<(RunId, Seq)> {
 
 async fn stream_run(
     state: &AppState,
+    caller: &Caller,
     slot: StreamSlot,
     run_id: RunId,
     after: Seq,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("run_id", run_id.as_str());
-    let resume = state.hub.subscribe(run_id.clone(), after).await?;
+    let resume = state
+        .hub
+        .subscribe(run_id.clone(), after, caller.key.clone())
+        .await?;
     if after > 0 {
         state.metrics.resumed();
     }

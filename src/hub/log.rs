@@ -281,6 +281,7 @@ mod tests {
                 prompt: String::new(),
                 created_at: SystemTime::UNIX_EPOCH,
                 cancel_on_disconnect: false,
+                owner: None,
             };
             let log = RunLog::new();
             let (mut recorder, first) = Recorder::start(&meta);

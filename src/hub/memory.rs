@@ -20,7 +20,7 @@ use super::log::{Read, RunLog};
 use super::record::Recorder;
 use super::{
     rfc3339, Cancelled, Chunk, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot,
-    RunStatus, Seq,
+    RunStatus, Seq, Viewer,
 };
 use crate::agent::AgentStream;
 use crate::config::RunsConfig;
@@ -82,23 +82,24 @@ struct Run {
 /// Ids of evicted runs, oldest first, bounded in count and age.
 #[derive(Default)]
 struct GoneIds {
-    since: HashMap<RunId, Instant>,
+    /// When each id was evicted, and its owner (another key must get 404).
+    since: HashMap<RunId, (Instant, Viewer)>,
     order: VecDeque<(Instant, RunId)>,
 }
 
 impl GoneIds {
-    fn insert(&mut self, id: RunId, now: Instant) {
+    fn insert(&mut self, id: RunId, owner: Viewer, now: Instant) {
         if self.order.len() >= GONE_MAX {
             if let Some((_, oldest)) = self.order.pop_front() {
                 self.since.remove(&oldest);
             }
         }
-        self.since.insert(id.clone(), now);
+        self.since.insert(id.clone(), (now, owner));
         self.order.push_back((now, id));
     }
 
-    fn contains(&self, id: &RunId) -> bool {
-        self.since.contains_key(id)
+    fn contains(&self, id: &RunId, viewer: &Viewer) -> bool {
+        self.since.get(id).is_some_and(|(_, owner)| owner == viewer)
     }
 
     fn prune(&mut self, now: Instant) {
@@ -151,11 +152,13 @@ impl Shared {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lookup(&self, id: &RunId) -> Result<Arc<Run>, HubError> {
+    /// The run `id` if `viewer` may see it; another owner's run is unknown.
+    fn lookup(&self, id: &RunId, viewer: &Viewer) -> Result<Arc<Run>, HubError> {
         let registry = self.registry();
         match registry.runs.get(id) {
-            Some(run) => Ok(run.clone()),
-            None if registry.gone.contains(id) => Err(HubError::Gone),
+            Some(run) if run.meta.owner == *viewer => Ok(run.clone()),
+            Some(_) => Err(HubError::NotFound),
+            None if registry.gone.contains(id, viewer) => Err(HubError::Gone),
             None => Err(HubError::NotFound),
         }
     }
@@ -183,7 +186,7 @@ impl Shared {
             self.retained_bytes
                 .fetch_sub(run.log.bytes(), Ordering::Relaxed);
             tracing::debug!(run_id = %id, "run evicted");
-            registry.gone.insert(id, now);
+            registry.gone.insert(id, run.meta.owner.clone(), now);
         }
     }
 
@@ -324,8 +327,8 @@ impl Drop for Subscriber {
 }
 
 impl MemoryHub {
-    fn subscribe_now(&self, id: &RunId, after: Seq) -> Result<Resume, HubError> {
-        let run = self.shared.lookup(id)?;
+    fn subscribe_now(&self, id: &RunId, after: Seq, viewer: &Viewer) -> Result<Resume, HubError> {
+        let run = self.shared.lookup(id, viewer)?;
         // Watch before reading the position, so an append in between still
         // wakes this subscriber.
         let changed = run.log.watch();
@@ -388,27 +391,38 @@ impl HubBackend for MemoryHub {
         .boxed()
     }
 
-    fn subscribe(&self, id: RunId, after: Seq) -> BoxFuture<'_, Result<Resume, HubError>> {
-        futures::future::ready(self.subscribe_now(&id, after)).boxed()
+    fn subscribe(
+        &self,
+        id: RunId,
+        after: Seq,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Resume, HubError>> {
+        futures::future::ready(self.subscribe_now(&id, after, &viewer)).boxed()
     }
 
-    fn snapshot(&self, id: RunId) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {
+    fn snapshot(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {
         let result = self
             .shared
-            .lookup(&id)
+            .lookup(&id, &viewer)
             .map(|run| Shared::snapshot(&run, true));
         futures::future::ready(result).boxed()
     }
 
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>> {
+    fn list(
+        &self,
+        limit: usize,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>> {
         let runs: Vec<Arc<Run>> = {
             let registry = self.shared.registry();
             registry
                 .by_age
                 .values()
                 .rev()
+                .filter_map(|id| registry.runs.get(id))
+                .filter(|run| run.meta.owner == viewer)
                 .take(limit)
-                .filter_map(|id| registry.runs.get(id).cloned())
+                .cloned()
                 .collect()
         };
         let snapshots = runs
@@ -418,10 +432,10 @@ impl HubBackend for MemoryHub {
         futures::future::ready(Ok(snapshots)).boxed()
     }
 
-    fn cancel(&self, id: RunId) -> BoxFuture<'_, Result<Cancelled, HubError>> {
+    fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>> {
         let shared = self.shared.clone();
         async move {
-            let run = shared.lookup(&id)?;
+            let run = shared.lookup(&id, &viewer)?;
             let status = run.log.status();
             if status != RunStatus::Running {
                 return Ok(Cancelled::AlreadyFinished(status));
@@ -471,6 +485,7 @@ mod tests {
             prompt: String::new(),
             created_at: std::time::SystemTime::now(),
             cancel_on_disconnect: false,
+            owner: None,
         };
         let events = futures::stream::iter([crate::agent::AgentEvent::Token("a".into())])
             .chain(futures::stream::poll_fn(
@@ -478,7 +493,7 @@ mod tests {
             ))
             .boxed();
         assert!(hub.start(meta, events).await.is_ok());
-        let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0).await else {
+        let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0, None).await else {
             panic!("no subscription");
         };
         let chunks: Vec<Chunk> =
@@ -502,13 +517,17 @@ mod tests {
         let mut gone = GoneIds::default();
         let start = Instant::now();
         for n in 0..GONE_MAX + 10 {
-            gone.insert(id(n), start);
+            gone.insert(id(n), None, start);
         }
         assert_eq!(gone.since.len(), GONE_MAX);
-        assert!(!gone.contains(&id(0)), "the oldest ids make room");
-        assert!(gone.contains(&id(GONE_MAX + 9)));
+        assert!(!gone.contains(&id(0), &None), "the oldest ids make room");
+        assert!(gone.contains(&id(GONE_MAX + 9), &None));
+        assert!(
+            !gone.contains(&id(GONE_MAX + 9), &Some("other".into())),
+            "only for its owner"
+        );
         gone.prune(start + GONE_FOR - Duration::from_secs(1));
-        assert!(gone.contains(&id(GONE_MAX + 9)));
+        assert!(gone.contains(&id(GONE_MAX + 9), &None));
         gone.prune(start + GONE_FOR);
         assert!(gone.since.is_empty() && gone.order.is_empty());
     }

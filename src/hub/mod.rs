@@ -98,6 +98,9 @@ pub struct RunMeta {
     /// Cancel the run once it has had no subscriber for the disconnect grace
     /// (the one-shot route, or `"cancel_on_disconnect": true`).
     pub cancel_on_disconnect: bool,
+    /// The name of the key that started the run; `None` when auth is off.
+    /// Only callers with the same key see the run.
+    pub owner: Option<String>,
 }
 
 /// A run as `GET /api/runs/{id}` shows it.
@@ -131,6 +134,10 @@ pub struct Chunk {
     /// How many events `bytes` holds.
     pub events: u64,
 }
+
+/// Whose runs a request may see: the caller's key name (`None` when auth is
+/// off). A run is visible when its owner equals the viewer.
+pub type Viewer = Option<String>;
 
 /// A subscriber's chunks, ending after the terminal event.
 pub type Subscription = BoxStream<'static, Chunk>;
@@ -171,13 +178,23 @@ pub trait HubBackend: Send + Sync + 'static {
     /// Log the run's `run` event and drive `events` to the end in the background.
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>>;
     /// The run's events after `after` (0: from the first), then live ones.
-    fn subscribe(&self, id: RunId, after: Seq) -> BoxFuture<'_, Result<Resume, HubError>>;
+    /// Runs of another owner than `viewer` are `NotFound`, as for every method.
+    fn subscribe(
+        &self,
+        id: RunId,
+        after: Seq,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Resume, HubError>>;
     /// The run as it is now, with its text.
-    fn snapshot(&self, id: RunId) -> BoxFuture<'_, Result<RunSnapshot, HubError>>;
-    /// Up to `limit` runs, newest first, without text.
-    fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>>;
+    fn snapshot(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunSnapshot, HubError>>;
+    /// Up to `limit` of the viewer's runs, newest first, without text.
+    fn list(
+        &self,
+        limit: usize,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>>;
     /// Cancel a running run; waits briefly until its terminal event is logged.
-    fn cancel(&self, id: RunId) -> BoxFuture<'_, Result<Cancelled, HubError>>;
+    fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>>;
     /// Runs of this node that are still running.
     fn running(&self) -> usize;
 }
@@ -199,20 +216,25 @@ impl Hub {
         self.backend.start(meta, events).await
     }
 
-    pub async fn subscribe(&self, id: RunId, after: Seq) -> Result<Resume, HubError> {
-        self.backend.subscribe(id, after).await
+    pub async fn subscribe(
+        &self,
+        id: RunId,
+        after: Seq,
+        viewer: Viewer,
+    ) -> Result<Resume, HubError> {
+        self.backend.subscribe(id, after, viewer).await
     }
 
-    pub async fn snapshot(&self, id: RunId) -> Result<RunSnapshot, HubError> {
-        self.backend.snapshot(id).await
+    pub async fn snapshot(&self, id: RunId, viewer: Viewer) -> Result<RunSnapshot, HubError> {
+        self.backend.snapshot(id, viewer).await
     }
 
-    pub async fn list(&self, limit: usize) -> Result<Vec<RunSnapshot>, HubError> {
-        self.backend.list(limit).await
+    pub async fn list(&self, limit: usize, viewer: Viewer) -> Result<Vec<RunSnapshot>, HubError> {
+        self.backend.list(limit, viewer).await
     }
 
-    pub async fn cancel(&self, id: RunId) -> Result<Cancelled, HubError> {
-        self.backend.cancel(id).await
+    pub async fn cancel(&self, id: RunId, viewer: Viewer) -> Result<Cancelled, HubError> {
+        self.backend.cancel(id, viewer).await
     }
 
     pub fn running(&self) -> usize {

@@ -232,6 +232,7 @@ mod tests {
             prompt: String::new(),
             created_at: SystemTime::UNIX_EPOCH,
             cancel_on_disconnect: false,
+            owner: None,
         }
     }
 

@@ -297,6 +297,24 @@ fn a_public_address_without_keys_needs_allow_anonymous() {
 }
 
 #[tokio::test]
+async fn a_public_address_with_keys_needs_no_flag_and_asks_for_them() {
+    let served = serve_binary(
+        &["--bind", "0.0.0.0:0"],
+        &[("SLUICE_API_KEYS", "env-secret")],
+    );
+    let port = served.base.rsplit(':').next().unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/agents");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 401);
+    let allowed = reqwest::Client::new()
+        .get(&url)
+        .header("X-API-Key", "env-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+}
+
+#[tokio::test]
 async fn allow_anonymous_serves_a_public_address() {
     let served = serve_binary(&["--bind", "0.0.0.0:0", "--allow-anonymous"], &[]);
     assert!(

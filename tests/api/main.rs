@@ -2,6 +2,7 @@
 //! Sluice did not write (eventsource-stream).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod command;
 mod dashboard;
 mod errors;

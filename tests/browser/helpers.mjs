@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import { after, before } from 'node:test';
 import { chromium } from 'playwright-core';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -89,7 +89,7 @@ export function tokenText(body) {
  * after. When either is missing the tests skip loudly, except under CI=true,
  * where that is a failure.
  */
-export function useSluiceAndBrowser(label) {
+export function useSluiceAndBrowser(label, { config } = {}) {
   const why = missing();
   if (why && process.env.CI === 'true') {
     throw new Error(`browser tests cannot run under CI=true: ${why}`);
@@ -98,7 +98,15 @@ export function useSluiceAndBrowser(label) {
   const ctx = { skip: why ?? false, sluice: null, browser: null };
   before(async () => {
     if (why) return;
-    ctx.sluice = await startSluice();
+    const args = [];
+    if (config) {
+      const dir = path.join(root, 'target/e2e');
+      mkdirSync(dir, { recursive: true });
+      const file = path.join(dir, `${label.replace(/\W+/g, '-')}.toml`);
+      writeFileSync(file, config);
+      args.push('--config', file);
+    }
+    ctx.sluice = await startSluice(args);
     ctx.browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   });
   after(async () => {
