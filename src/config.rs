@@ -224,13 +224,6 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be at least 1".into());
         }
-        if self.auth.runs_per_minute > 0 || self.auth.max_running_per_key > 0 {
-            return invalid(
-                "auth.runs_per_minute and auth.max_running_per_key are not enforced by this \
-                 version of sluice; remove them rather than serve without the limits they promise"
-                    .into(),
-            );
-        }
         for (name, agent) in &self.agents {
             if !KNOWN_KINDS.contains(&agent.kind.as_str()) {
                 return invalid(format!(

@@ -33,6 +33,13 @@ pub enum ApiError {
     RouteNotFound(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A per-key limit: `429` with `Retry-After`.
+    #[error("{message}")]
+    TooMany {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// A capacity limit or an unavailable dependency: `503` with `Retry-After`.
     #[error("{message}")]
     Unavailable {
@@ -57,6 +64,7 @@ impl ApiError {
             Self::RunGone => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,7 +74,9 @@ impl ApiError {
             Self::InvalidParam(_) => "invalid_param",
             Self::UnknownAgent(_) => "unknown_agent",
             Self::InvalidJson(_) => "invalid_json",
-            Self::TooLarge { code, .. } | Self::Unavailable { code, .. } => code,
+            Self::TooLarge { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::TooMany { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::RunNotFound => "run_not_found",
             Self::RunGone => "run_evicted",
@@ -93,6 +103,9 @@ impl IntoResponse for ApiError {
             response.extensions_mut().insert(Rejected(self.code()));
         }
         if let Self::Unavailable {
+            retry_after_secs, ..
+        }
+        | Self::TooMany {
             retry_after_secs, ..
         } = self
         {

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod limits;
 pub mod runs;
 pub mod stream;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Whether clients reach this server over TLS (cookies get `Secure`).
     pub tls: bool,
+    /// `auth.runs_per_minute`, per key.
+    pub run_rate: Arc<limits::RunRate>,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
     pub fn with_hub(config: Config, hub: Hub, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
         let agents = Agents::from_config(&config.agents)?;
         let auth = Auth::from_config(&config.auth, config.auth.env_keys.as_deref())?;
+        let run_rate = Arc::new(limits::RunRate::new(config.auth.runs_per_minute));
         Ok(Self {
             hub,
             agents: Arc::new(agents),
@@ -89,6 +93,7 @@ impl AppState {
             draining: CancellationToken::new(),
             auth: Arc::new(auth),
             tls: false,
+            run_rate,
         })
     }
 }

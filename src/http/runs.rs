@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::limits;
 use super::stream::Query;
 use super::AppState;
 use crate::agent::{Params, RunInput};
@@ -46,6 +47,13 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
                 start.prompt.len()
             ),
         });
+    }
+    if let Some(key) = &start.owner {
+        limits::check_running(
+            state.hub.running_for(&start.owner),
+            state.config.auth.max_running_per_key,
+        )?;
+        state.run_rate.take(key)?;
     }
     let max_running = state.config.server.max_running;
     if state.hub.running() >= max_running {

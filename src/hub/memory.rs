@@ -65,6 +65,8 @@ struct Registry {
     next_ordinal: u64,
     /// Finished runs in the order they finished: the eviction order.
     finished: VecDeque<(Instant, RunId)>,
+    /// Running runs per owner, for the per-key limit.
+    running_by_owner: HashMap<Viewer, usize>,
     gone: GoneIds,
 }
 
@@ -193,9 +195,16 @@ impl Shared {
     fn finished(&self, run: &Run) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
-        self.registry()
-            .finished
-            .push_back((now, run.meta.id.clone()));
+        {
+            let mut registry = self.registry();
+            registry.finished.push_back((now, run.meta.id.clone()));
+            if let Some(count) = registry.running_by_owner.get_mut(&run.meta.owner) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    registry.running_by_owner.remove(&run.meta.owner);
+                }
+            }
+        }
         self.sweep(now);
     }
 
@@ -376,6 +385,10 @@ impl HubBackend for MemoryHub {
             });
             registry.runs.insert(run.meta.id.clone(), run.clone());
             registry.by_age.insert(ordinal, run.meta.id.clone());
+            *registry
+                .running_by_owner
+                .entry(run.meta.owner.clone())
+                .or_default() += 1;
             drop(registry);
             shared
                 .retained_bytes
@@ -462,6 +475,15 @@ impl HubBackend for MemoryHub {
 
     fn running(&self) -> usize {
         self.shared.running.load(Ordering::Relaxed)
+    }
+
+    fn running_for(&self, owner: &Viewer) -> usize {
+        self.shared
+            .registry()
+            .running_by_owner
+            .get(owner)
+            .copied()
+            .unwrap_or(0)
     }
 }
 

@@ -197,6 +197,8 @@ pub trait HubBackend: Send + Sync + 'static {
     fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>>;
     /// Runs of this node that are still running.
     fn running(&self) -> usize;
+    /// Runs of `owner` that are still running.
+    fn running_for(&self, owner: &Viewer) -> usize;
 }
 
 /// The handle the HTTP layer holds: cheap to clone, shared by all requests.
@@ -239,6 +241,10 @@ impl Hub {
 
     pub fn running(&self) -> usize {
         self.backend.running()
+    }
+
+    pub fn running_for(&self, owner: &Viewer) -> usize {
+        self.backend.running_for(owner)
     }
 }
 

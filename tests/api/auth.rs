@@ -377,3 +377,89 @@ async fn a_session_cookie_stands_for_the_key() {
         .unwrap()
         .contains("Max-Age=0"));
 }
+
+#[tokio::test]
+async fn per_key_rate_and_concurrency_limits_answer_429_then_recover() {
+    let app = spawn_with(&format!(
+        "[auth]\nruns_per_minute = 30\nmax_running_per_key = 1\n\n[[auth.keys]]\nname = \"alice\"\nkey = \"alice-key\"\n\n\
+         [[auth.keys]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
+        bob_digest()
+    ))
+    .await;
+    let (alice, bob) = (with_key("alice-key"), with_key("bob-key"));
+    let post = |client: &reqwest::Client, params: Value| {
+        client
+            .post(app.url("/api/runs"))
+            .json(&json!({"params": params}))
+            .send()
+    };
+
+    // One running run per key.
+    let long = post(&alice, json!({"tokens": 1000, "interval_ms": 20}))
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 201);
+    let long_id = long.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = post(&alice, json!({"tokens": 1})).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"]["code"],
+        "too_many_running_runs"
+    );
+    assert_eq!(
+        post(&bob, json!({"tokens": 1})).await.unwrap().status(),
+        201,
+        "bob has his own limit"
+    );
+    app.client
+        .delete(app.url(&format!("/api/runs/{long_id}")))
+        .header("authorization", "Bearer alice-key")
+        .send()
+        .await
+        .unwrap();
+
+    // 30 a minute: the burst is spent, then one comes back every two seconds.
+    let mut accepted = 1; // the long run above
+    let mut limited = None;
+    for _ in 0..200 {
+        let response = post(&alice, json!({"tokens": 1, "interval_ms": 0}))
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            201 => accepted += 1,
+            429 => {
+                let retry_after = response.headers().get("retry-after").cloned();
+                let body: Value = response.json().await.unwrap();
+                if body["error"]["code"] == "rate_limited" {
+                    limited = Some((retry_after, body));
+                    break;
+                }
+                // The previous one-token run was still running: the other limit.
+                assert_eq!(body["error"]["code"], "too_many_running_runs");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (retry_after, body) = limited.expect("the rate limit was reached");
+    assert!(
+        (29..=31).contains(&accepted),
+        "{accepted} runs before the limit"
+    );
+    let seconds: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&seconds), "Retry-After {seconds}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("30 runs a minute"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        post(&alice, json!({"tokens": 1})).await.unwrap().status(),
+        201,
+        "recovered"
+    );
+}
