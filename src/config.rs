@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub max_streams: usize,
     pub max_running: usize,
     pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a page of theirs (CORS, with
+    /// credentials); empty: none, the default.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             max_streams: 100_000,
             max_running: 10_000,
             max_body_bytes: 1_048_576,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -224,6 +228,16 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be at least 1".into());
         }
+        for origin in &self.server.cors_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.trim_end_matches('/').contains(['?', '#', ' '])
+                && origin.matches('/').count() == 2;
+            if !ok {
+                return invalid(format!(
+                    "server.cors_origins: `{origin}` is not an origin such as https://app.example.com"
+                ));
+            }
+        }
         for (name, agent) in &self.agents {
             if !KNOWN_KINDS.contains(&agent.kind.as_str()) {
                 return invalid(format!(
@@ -386,6 +400,8 @@ mod tests {
             "[runs]\nretention_secs = \"soon\"",
             "[agents.x]\nkind = \"telepathy\"",
             "[hub]\nbackend = \"carrier-pigeon\"",
+            "[server]\ncors_origins = [\"*\"]",
+            "[server]\ncors_origins = [\"https://app.example.com/path\"]",
             "not toml at all ===",
         ];
         for text in cases {

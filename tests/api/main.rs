@@ -4,6 +4,7 @@
 
 mod auth;
 mod command;
+mod cors;
 mod dashboard;
 mod errors;
 mod helpers;
