@@ -299,6 +299,31 @@ mod tests {
         Auth::from_config(&config, Some("from-env")).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    proptest::proptest! {
+        /// No string is a valid token by chance, and checking one never panics.
+        #[test]
+        fn arbitrary_tokens_keys_and_cookies_are_refused(text in ".{0,300}") {
+            let auth = auth();
+            proptest::prop_assert!(auth.check_token(&text).is_err());
+            proptest::prop_assert!(auth.check_session(&text).is_err());
+            proptest::prop_assert!(text == "secret-one" || text == "test" || text == "from-env" || auth.check_key(&text).is_err());
+        }
+
+        /// A valid token with any one byte changed is refused.
+        #[test]
+        fn tampered_tokens_are_refused(at in 0usize..200, byte in proptest::prelude::any::<u8>()) {
+            let auth = auth();
+            let token = auth.token(&Caller::with_key("ci"), &Scope::Key, Duration::from_secs(60));
+            let mut bytes = token.clone().into_bytes();
+            let at = at % bytes.len();
+            proptest::prop_assume!(bytes[at] != byte);
+            bytes[at] = byte;
+            let tampered = String::from_utf8_lossy(&bytes).into_owned();
+            proptest::prop_assume!(tampered != token);
+            proptest::prop_assert!(auth.check_token(&tampered).is_err());
+        }
+    }
+
     #[test]
     fn keys_from_the_config_its_digests_and_the_environment() {
         let auth = auth();

@@ -423,6 +423,15 @@ mod tests {
         assert!(none.is_some_and(|c| !c.auth.has_keys()));
     }
 
+    proptest::proptest! {
+        /// Any file text and any SLUICE_* value is either a config or an error, never a panic.
+        #[test]
+        fn any_config_text_is_accepted_or_reported(text in "(\\[[a-z.]{0,12}\\]\n)?([a-z_]{0,16} = [^\n]{0,24}\n){0,4}", value in ".{0,40}") {
+            let _ = Config::from_toml(&text, env(&[("SLUICE_SERVER_KEEP_ALIVE_SECS", value.as_str())]));
+            let _ = Config::from_toml(&text, env(&[("SLUICE_RUNS_RETENTION_SECS", value.as_str())]));
+        }
+    }
+
     #[test]
     fn sim_agent_section_is_accepted() {
         assert!(Config::from_toml("[agents.sim]\nkind = \"sim\"\n", env(&[])).is_ok());

@@ -330,6 +330,24 @@ impl Query {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Outside input never panics the parsers, and a well-formed id
+        /// always comes back as it was.
+        #[test]
+        fn last_event_id_and_query_parsers_take_any_input(text in ".{0,200}", seq in proptest::prelude::any::<u64>()) {
+            let _ = parse_event_id(&text);
+            let _ = Query::parse(Some(&text));
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&text) {
+                headers.insert("last-event-id", value);
+            }
+            let _ = resume_point(&headers, Some(text.clone()));
+            let id = format!("run_{}", text.len());
+            let parsed = parse_event_id(&format!("{id}:{seq}")).map(|(r, s)| (r.to_string(), s));
+            proptest::prop_assert_eq!(parsed, Some((id, seq)));
+        }
+    }
+
     #[test]
     fn event_ids_parse_at_the_last_colon() {
         let parsed = parse_event_id("abc_1:42").map(|(id, seq)| (id.to_string(), seq));
