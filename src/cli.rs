@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// it may start runs. Refused without this flag.
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log lines as text for people or JSON for log collectors (on stderr).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -52,6 +52,13 @@ pub struct ServerConfig {
     /// Origins allowed to call the API from a page of theirs (CORS, with
     /// credentials); empty: none, the default.
     pub cors_origins: Vec<String>,
+    /// A client must send its request head within this long, or the
+    /// connection is closed (slow-header attacks).
+    pub header_read_timeout_secs: u64,
+    /// The largest request head (request line and headers) read; beyond:
+    /// 431. URLs longer than `max_url_bytes` get 414.
+    pub max_header_bytes: usize,
+    pub max_url_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +71,9 @@ impl Default for ServerConfig {
             max_running: 10_000,
             max_body_bytes: 1_048_576,
             cors_origins: Vec::new(),
+            header_read_timeout_secs: 10,
+            max_header_bytes: 256 * 1024,
+            max_url_bytes: 60 * 1024,
         }
     }
 }
@@ -224,6 +234,14 @@ impl Config {
         }
         if self.server.max_streams == 0 || self.server.max_running == 0 {
             return invalid("server.max_streams and server.max_running must be at least 1".into());
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            return invalid("server.header_read_timeout_secs must be at least 1".into());
+        }
+        if self.server.max_header_bytes < 8192 || self.server.max_url_bytes == 0 {
+            return invalid(
+                "server.max_header_bytes must be at least 8192 and max_url_bytes at least 1".into(),
+            );
         }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes must be at least 1".into());

@@ -17,6 +17,7 @@
 //! - [`http`]: the axum router, handlers, errors and the serve loop.
 //! - [`auth`]: API keys, session cookies and signed access tokens.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
+//! - [`tls`]: HTTPS with HTTP/2.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod metrics;
 pub mod sse;
 pub mod telemetry;
+pub mod tls;
 
 pub use agent::{Agent, AgentEvent, Agents};
 pub use config::Config;

@@ -8,7 +8,7 @@ use clap::Parser;
 use sluice::cli::{Cli, Command, ServeArgs};
 use sluice::config::Config;
 use sluice::http::dashboard::WebAssets;
-use sluice::http::{serve, AppState};
+use sluice::http::{serve_with_tls, AppState};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,6 +41,13 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         ));
     }
     let web_dir = args.web_dir;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(sluice::tls::acceptor(cert, key).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,8 +66,8 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             }
             state = state.with_web(WebAssets::Dir(dir));
         }
-        announce(&format!("sluice listening on http://{local}"));
-        serve(listener, state, shutdown_signal())
+        announce(&format!("sluice listening on {scheme}://{local}"));
+        serve_with_tls(listener, state, tls, shutdown_signal())
             .await
             .map_err(|e| format!("server error: {e}"))
     })?;

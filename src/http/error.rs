@@ -22,6 +22,8 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
+    #[error("{0}")]
+    UriTooLong(String),
     /// Missing or bad credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -60,6 +62,7 @@ impl ApiError {
             }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::RunNotFound | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::RunGone => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,6 +81,7 @@ impl ApiError {
             | Self::Unavailable { code, .. }
             | Self::TooMany { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
+            Self::UriTooLong(_) => "uri_too_long",
             Self::RunNotFound => "run_not_found",
             Self::RunGone => "run_evicted",
             Self::RouteNotFound(_) => "not_found",
@@ -99,7 +103,7 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self.status().as_u16(), 401 | 403 | 413 | 429 | 503) {
+        if matches!(self.status().as_u16(), 401 | 403 | 413 | 414 | 429 | 503) {
             response.extensions_mut().insert(Rejected(self.code()));
         }
         if let Self::Unavailable {

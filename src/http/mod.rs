@@ -7,7 +7,7 @@ pub mod limits;
 pub mod runs;
 pub mod stream;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -129,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_url))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_rejections,
@@ -204,6 +210,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
 }
 
+/// `414` for a URL longer than `server.max_url_bytes`, before any routing.
+async fn limit_url(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let max = state.config.server.max_url_bytes;
+    let len = request.uri().to_string().len();
+    if len > max {
+        return ApiError::UriTooLong(format!("the URL is {len} bytes; the limit is {max}"))
+            .into_response();
+    }
+    next.run(request).await
+}
+
 /// Counts refused requests by the reason their error leaves on the response.
 async fn count_rejections(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
@@ -230,37 +247,108 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTP/2 or HTTP/1.1 by ALPN).
+///
+/// Each connection gets hyper's auto (HTTP/1 and HTTP/2) server with a
+/// header-read timeout and a bounded request head, and is watched so that
+/// shutdown can drain it.
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    mut state: AppState,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    state.tls = tls.is_some();
     let grace = state.config.shutdown_grace();
+    let header_timeout = Duration::from_secs(state.config.server.header_read_timeout_secs);
+    let max_head = state.config.server.max_header_bytes;
     let streams_end = state.streams_end.clone();
     let draining = state.draining.clone();
-    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.cancel();
-            let _ = signalled.send(());
-        })
-        .into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        _ = on_signal => {}
+    let app = router(state);
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_head);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
     }
+    drop(listener);
+    draining.cancel();
     tracing::info!(
         grace_secs = grace.as_secs_f64(),
         "shutting down: letting open streams finish"
     );
+    let closed = graceful.shutdown();
+    tokio::pin!(closed);
     let reconnect_at = grace.saturating_sub(RECONNECT_MARGIN.min(grace / 2));
-    if let Ok(result) = tokio::time::timeout(reconnect_at, &mut server).await {
-        return result;
+    if tokio::time::timeout(reconnect_at, &mut closed)
+        .await
+        .is_ok()
+    {
+        return Ok(());
     }
     tracing::info!("telling the remaining streams to reconnect");
     streams_end.cancel();
-    match tokio::time::timeout(grace.saturating_sub(reconnect_at), &mut server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("connections still open at the end of the grace; exiting anyway");
-            Ok(())
-        }
+    if tokio::time::timeout(grace.saturating_sub(reconnect_at), &mut closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at the end of the grace; exiting anyway");
     }
+    Ok(())
 }

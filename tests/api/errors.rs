@@ -268,3 +268,75 @@ async fn invalid_param_messages_name_the_parameter() {
         assert!(message.contains(param), "{query}: {message}");
     }
 }
+
+#[tokio::test]
+async fn oversized_urls_and_heads_are_refused_and_the_server_goes_on() {
+    let app = spawn_app().await;
+    let long = "x".repeat(70 * 1024);
+    let (status, body) = app
+        .get_json(&format!("/api/agents?q={}", &long[..62 * 1024]))
+        .await;
+    assert_eq!(status, 414);
+    assert_eq!(body["error"]["code"], "uri_too_long");
+    // A 1 MB query goes past what the HTTP parser reads at all: 431 from it, no body.
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "GET /api/agent/stream?prompt={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "y".repeat(1024 * 1024)
+    );
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "the server goes on"
+    );
+    let (_, metrics) = (0, app.get("/metrics").await.text().await.unwrap());
+    assert!(
+        metrics.contains("sluice_rejections_total{reason=\"uri_too_long\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_sends_its_headers_too_slowly_is_disconnected() {
+    let app = spawn_with("[server]\nheader_read_timeout_secs = 1\n").await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 256];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut slow, &mut buf),
+    )
+    .await;
+    let n = read
+        .expect("the server gave up on the slow client")
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(800) && took < std::time::Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(
+        app.get("/healthz").await.status(),
+        200,
+        "others are served meanwhile"
+    );
+}

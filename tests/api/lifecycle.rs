@@ -38,7 +38,7 @@ fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
     BufReader::new(stdout).read_line(&mut line).unwrap();
     let base = line
         .split_whitespace()
-        .find(|word| word.starts_with("http://"))
+        .find(|word| word.starts_with("http://") || word.starts_with("https://"))
         .unwrap_or_else(|| panic!("no URL in the listen line {line:?}"))
         .to_owned();
     Served {
@@ -370,4 +370,72 @@ async fn json_logs_carry_the_request_span_with_the_run_id() {
         !stderr.contains("secret-in-query"),
         "query strings (and prompts) stay out of the logs"
     );
+}
+
+#[tokio::test]
+async fn tls_serves_http2_and_streams_over_it_with_secure_cookies() {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = generated.cert.pem();
+    let cert = write_config(&cert_pem);
+    let key = write_config(&generated.key_pair.serialize_pem());
+    let served = serve_binary(
+        &[
+            "--bind",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.path().to_str().unwrap(),
+            "--tls-key",
+            key.path().to_str().unwrap(),
+        ],
+        &[("SLUICE_API_KEYS", "tls-key")],
+    );
+    assert!(
+        served.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        served.base
+    );
+    let addr: std::net::SocketAddr = served.base.trim_start_matches("https://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", addr.port());
+    let response = client
+        .get(format!("{base}/api/agent/stream?tokens=5&interval_ms=10"))
+        .header("X-API-Key", "tls-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN picked HTTP/2"
+    );
+    let events = collect(response).await;
+    assert_eq!(tokens_of(&events).len(), 5);
+    assert_eq!(events.last().unwrap().event, "done");
+    let session = client
+        .post(format!("{base}/api/session"))
+        .header("X-API-Key", "tls-key")
+        .send()
+        .await
+        .unwrap();
+    let cookie = session.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[test]
+fn a_bad_certificate_is_refused_at_startup() {
+    let cert = write_config("not a certificate");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--tls-cert"])
+        .arg(cert.path())
+        .arg("--tls-key")
+        .arg(cert.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("certificate"));
 }
