@@ -30,6 +30,7 @@ pub struct Metrics {
     rejections: IntCounterVec,
     ttft: Histogram,
     run_duration: Histogram,
+    subscriber_lag: Histogram,
 }
 
 impl Metrics {
@@ -74,6 +75,14 @@ impl Metrics {
             )
             .buckets(exponential_buckets(0.05, 2.0, 16)?),
         )?;
+        let subscriber_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_subscriber_lag_events",
+                "Events already waiting beyond the first when a subscriber wrote (0: it keeps up)",
+            )
+            .buckets(vec![0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+        )?;
+        registry.register(Box::new(subscriber_lag.clone()))?;
         registry.register(Box::new(streams_open.clone()))?;
         registry.register(Box::new(runs_running.clone()))?;
         registry.register(Box::new(runs.clone()))?;
@@ -94,13 +103,16 @@ impl Metrics {
             rejections,
             ttft,
             run_duration,
+            subscriber_lag,
         }))
     }
 
-    /// A chunk of `events` events, `bytes` long, was written to a subscriber.
-    pub fn sent(&self, events: u64, bytes: u64) {
+    /// A chunk of `events` events, `bytes` long, was written to a subscriber
+    /// that was `lag` events behind.
+    pub fn sent(&self, events: u64, bytes: u64, lag: u64) {
         self.events_sent.inc_by(events);
         self.bytes_sent.inc_by(bytes);
+        self.subscriber_lag.observe(lag as f64);
     }
 
     /// A stream was resumed from a `Last-Event-ID`.
@@ -158,7 +170,7 @@ mod tests {
         let Ok(metrics) = Metrics::new() else {
             panic!("metrics")
         };
-        metrics.sent(3, 120);
+        metrics.sent(3, 120, 2);
         metrics.resumed();
         metrics.rejected("too_many_streams");
         metrics.run_finished(
@@ -183,6 +195,9 @@ mod tests {
             "sluice_ttft_seconds_count 1",
             "# TYPE sluice_run_duration_seconds histogram",
             "sluice_run_duration_seconds_sum 2",
+            "# TYPE sluice_subscriber_lag_events histogram",
+            "sluice_subscriber_lag_events_bucket{le=\"1\"} 0",
+            "sluice_subscriber_lag_events_bucket{le=\"4\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

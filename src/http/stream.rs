@@ -222,7 +222,7 @@ fn sse_body(
             match step {
                 Step::Chunk(chunk) => {
                     last_write = Instant::now();
-                    metrics.sent(chunk.events, chunk.bytes.len() as u64);
+                    metrics.sent(chunk.events, chunk.bytes.len() as u64, chunk.lag);
                     yield Ok::<Bytes, Infallible>(chunk.bytes);
                 }
                 Step::KeepAlive => {

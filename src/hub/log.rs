@@ -47,8 +47,13 @@ struct Ended {
 /// What a subscriber finds at its cursor.
 #[derive(Debug, PartialEq)]
 pub enum Read {
-    /// Frames from the cursor on, concatenated, and how many there are.
-    Chunk { bytes: Bytes, events: usize },
+    /// Frames from the cursor on, concatenated, how many there are, and how
+    /// many were ready in all.
+    Chunk {
+        bytes: Bytes,
+        events: usize,
+        ready: usize,
+    },
     /// Nothing yet; wait on [`RunLog::watch`].
     Pending,
     /// The run has ended and the cursor is past its last event.
@@ -116,6 +121,7 @@ impl RunLog {
             [one, ..] if ready.len() == 1 || one.len() >= MAX_CHUNK_BYTES => Read::Chunk {
                 bytes: one.clone(),
                 events: 1,
+                ready: ready.len(),
             },
             _ => {
                 let mut size = 0;
@@ -134,6 +140,7 @@ impl RunLog {
                 Read::Chunk {
                     bytes: chunk.freeze(),
                     events,
+                    ready: ready.len(),
                 }
             }
         }
@@ -219,14 +226,16 @@ mod tests {
             log.read(0),
             Read::Chunk {
                 bytes: Bytes::from_static(b"data: a\n\ndata: b\n\ndata: c\n\n"),
-                events: 3
+                events: 3,
+                ready: 3
             }
         );
         assert_eq!(
             log.read(2),
             Read::Chunk {
                 bytes: Bytes::from_static(b"data: c\n\n"),
-                events: 1
+                events: 1,
+                ready: 1
             }
         );
         assert_eq!(log.read(3), Read::Pending);
@@ -254,7 +263,7 @@ mod tests {
         }
         let mut cursor = 0;
         let mut total = 0;
-        while let Read::Chunk { bytes, events } = log.read(cursor) {
+        while let Read::Chunk { bytes, events, .. } = log.read(cursor) {
             assert!(events >= 1);
             assert!(bytes.len() <= MAX_CHUNK_BYTES || events == 1);
             cursor += events;
@@ -292,7 +301,7 @@ mod tests {
             let cursor = start.min(texts.len() + 1);
             let mut bytes = Vec::new();
             let mut at = cursor;
-            while let Read::Chunk { bytes: chunk, events } = log.read(at) {
+            while let Read::Chunk { bytes: chunk, events, .. } = log.read(at) {
                 bytes.extend_from_slice(&chunk);
                 at += events;
             }

@@ -304,11 +304,16 @@ impl Subscriber {
     async fn next_chunk(&mut self) -> Option<Chunk> {
         loop {
             match self.run.log.read(self.cursor) {
-                Read::Chunk { bytes, events } => {
+                Read::Chunk {
+                    bytes,
+                    events,
+                    ready,
+                } => {
                     self.cursor += events;
                     return Some(Chunk {
                         bytes,
                         events: events as u64,
+                        lag: ready.saturating_sub(1) as u64,
                     });
                 }
                 Read::Ended => return None,

@@ -133,6 +133,9 @@ pub struct Chunk {
     pub bytes: Bytes,
     /// How many events `bytes` holds.
     pub events: u64,
+    /// Events that were ready beyond the first when it was read: how far
+    /// behind the subscriber was (0 when it keeps up).
+    pub lag: u64,
 }
 
 /// Whose runs a request may see: the caller's key name (`None` when auth is

@@ -115,6 +115,13 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
         "bytes are counted as written"
     );
     assert_eq!(after["sluice_streams_open"], 0.0);
+    // The resumed read of a finished run found its events waiting: lag above 0.
+    let writes = after["sluice_subscriber_lag_events_count"];
+    let kept_up = after["sluice_subscriber_lag_events_bucket{le=\"0\"}"];
+    assert!(
+        writes > kept_up && kept_up >= 1.0,
+        "{writes} writes, {kept_up} without lag"
+    );
 }
 
 #[tokio::test]
