@@ -213,7 +213,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// `414` for a URL longer than `server.max_url_bytes`, before any routing.
 async fn limit_url(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let max = state.config.server.max_url_bytes;
-    let len = request.uri().to_string().len();
+    let uri = request.uri();
+    let len = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
     if len > max {
         return ApiError::UriTooLong(format!("the URL is {len} bytes; the limit is {max}"))
             .into_response();
