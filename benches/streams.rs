@@ -53,8 +53,49 @@ impl Drop for Server {
     }
 }
 
-fn start_server() -> Server {
-    let binary = env!("CARGO_BIN_EXE_sluice");
+/// The servers the one-shot scenarios can run against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Sluice,
+    /// `benches/compare/axum_minimal.rs`: the floor of this stack.
+    AxumMinimal,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sluice => "sluice",
+            Self::AxumMinimal => "axum-minimal",
+        }
+    }
+}
+
+fn start_server(target: Target) -> Server {
+    let (binary, args): (String, Vec<&str>) = match target {
+        Target::Sluice => (
+            env!("CARGO_BIN_EXE_sluice").to_owned(),
+            vec!["serve", "--bind", "127.0.0.1:0"],
+        ),
+        Target::AxumMinimal => {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--release", "--example", "compare-axum"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "cannot build the compare-axum example"
+            );
+            (
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/target/release/examples/compare-axum"
+                )
+                .to_owned(),
+                vec!["127.0.0.1:0"],
+            )
+        }
+    };
+    let binary = binary.as_str();
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
     let mut command = if pinned {
         let mut c = Command::new("taskset");
@@ -64,7 +105,7 @@ fn start_server() -> Server {
         Command::new(binary)
     };
     let mut child = command
-        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(args)
         .env("SLUICE_RUNS_RETENTION_SECS", "30")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -199,7 +240,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Runs `streams` concurrent one-shot streams and reports.
-async fn run_scenario(server: &Server, s: &Scenario) -> serde_json::Value {
+async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_json::Value {
     let pid = server.child.id();
     let cpu_before = cpu_seconds(pid);
     let rss_before = status_kib(pid, "VmRSS:");
@@ -219,7 +260,7 @@ async fn run_scenario(server: &Server, s: &Scenario) -> serde_json::Value {
     // The peak: all streams open (sampled once the ramp is over).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_open = status_kib(pid, "VmRSS:");
-    report(
+    let mut result = report(
         s.name,
         s.streams,
         s.interval_ms,
@@ -230,7 +271,9 @@ async fn run_scenario(server: &Server, s: &Scenario) -> serde_json::Value {
         rss_before,
         rss_open,
     )
-    .await
+    .await;
+    result["server"] = json!(target.name());
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -417,20 +460,34 @@ fn main() {
         ]
     };
     let (fan_out_subscribers, resume_clients) = if quick { (100, 100) } else { (1_000, 1_000) };
-    let server = start_server();
+    let compare = std::env::args().any(|a| a == "--compare");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let mut results = Vec::new();
-    runtime.block_on(async {
-        for scenario in &scenarios {
-            results.push(run_scenario(&server, scenario).await);
-        }
-        results.push(fan_out(&server, fan_out_subscribers, 500).await);
-        results.push(resume_storm(&server, resume_clients, 2_000).await);
-    });
+    let targets: &[Target] = if compare {
+        &[Target::Sluice, Target::AxumMinimal]
+    } else {
+        &[Target::Sluice]
+    };
+    for &target in targets {
+        // A fresh server per target, so memory figures start from the same place.
+        let server = start_server(target);
+        runtime.block_on(async {
+            for scenario in &scenarios {
+                results.push(run_scenario(&server, scenario, target).await);
+            }
+            if target == Target::Sluice && !compare {
+                results.push(fan_out(&server, fan_out_subscribers, 500).await);
+                results.push(resume_storm(&server, resume_clients, 2_000).await);
+            }
+        });
+    }
     print_table(&results);
+    if compare {
+        print_ratios(&results);
+    }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
     let _ = std::fs::create_dir_all(dir);
     if let Ok(mut file) = std::fs::File::create(format!("{dir}/streams.jsonl")) {
@@ -445,6 +502,38 @@ fn main() {
     if failures > 0 {
         eprintln!("{failures} streams failed");
         std::process::exit(1);
+    }
+}
+
+/// Sluice against the minimal axum server, per scenario, as ratios.
+#[allow(clippy::print_stdout)]
+fn print_ratios(results: &[serde_json::Value]) {
+    println!("\nsluice / axum-minimal:");
+    for sluice in results.iter().filter(|r| r["server"] == "sluice") {
+        let Some(floor) = results
+            .iter()
+            .find(|r| r["server"] == "axum-minimal" && r["scenario"] == sluice["scenario"])
+        else {
+            continue;
+        };
+        let ratio = |key: &str| {
+            let (a, b) = (
+                sluice[key].as_f64().unwrap_or(0.0),
+                floor[key].as_f64().unwrap_or(0.0),
+            );
+            if b > 0.0 {
+                a / b
+            } else {
+                f64::NAN
+            }
+        };
+        println!(
+            "  {:<12} events/s {:.2}x   cpu-s per M events {:.2}x   RSS per open stream {:.2}x",
+            sluice["scenario"].as_str().unwrap_or_default(),
+            ratio("events_per_s"),
+            ratio("cpu_s_per_million_events"),
+            ratio("rss_per_open_stream_kib"),
+        );
     }
 }
 
@@ -468,7 +557,11 @@ fn print_table(results: &[serde_json::Value]) {
     for r in results {
         println!(
             "{:<13} {:>7} {:>12.0} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>11.2} {:>7.1}MiB {:>10.1} {:>5}",
-            r["scenario"].as_str().unwrap_or_default(),
+            format!(
+                "{}{}",
+                r["scenario"].as_str().unwrap_or_default(),
+                if r["server"] == "axum-minimal" { "*" } else { "" }
+            ),
             r["streams"],
             r["events_per_s"].as_f64().unwrap_or(0.0),
             r["ttft_p50_ms"].as_f64().unwrap_or(0.0),
