@@ -59,6 +59,8 @@ enum Target {
     Sluice,
     /// `benches/compare/axum_minimal.rs`: the floor of this stack.
     AxumMinimal,
+    /// `benches/compare/nextjs`: a Next.js App Router route handler.
+    NextJs,
 }
 
 impl Target {
@@ -66,6 +68,7 @@ impl Target {
         match self {
             Self::Sluice => "sluice",
             Self::AxumMinimal => "axum-minimal",
+            Self::NextJs => "nextjs",
         }
     }
 }
@@ -76,6 +79,23 @@ fn start_server(target: Target) -> Server {
             env!("CARGO_BIN_EXE_sluice").to_owned(),
             vec!["serve", "--bind", "127.0.0.1:0"],
         ),
+        Target::NextJs => {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare/nextjs");
+            let ready = std::path::Path::new(dir).join(".next/BUILD_ID").exists();
+            if !ready {
+                for args in [
+                    &["ci", "--no-audit", "--no-fund"][..],
+                    &["run", "build"][..],
+                ] {
+                    let status = Command::new("npm").args(args).current_dir(dir).status();
+                    assert!(
+                        status.is_ok_and(|s| s.success()),
+                        "npm {args:?} failed in {dir}"
+                    );
+                }
+            }
+            ("node".to_owned(), vec!["serve.mjs"])
+        }
         Target::AxumMinimal => {
             let status = Command::new(env!("CARGO"))
                 .args(["build", "--quiet", "--release", "--example", "compare-axum"])
@@ -96,6 +116,10 @@ fn start_server(target: Target) -> Server {
         }
     };
     let binary = binary.as_str();
+    let dir = match target {
+        Target::NextJs => concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare/nextjs"),
+        _ => env!("CARGO_MANIFEST_DIR"),
+    };
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
     let mut command = if pinned {
         let mut c = Command::new("taskset");
@@ -105,6 +129,7 @@ fn start_server(target: Target) -> Server {
         Command::new(binary)
     };
     let mut child = command
+        .current_dir(dir)
         .args(args)
         .env("SLUICE_RUNS_RETENTION_SECS", "30")
         .stdout(Stdio::piped())
@@ -130,34 +155,87 @@ fn start_server(target: Target) -> Server {
     Server { child, addr }
 }
 
-/// CPU seconds the process has used (user + system).
+/// `pid` and all its descendants: a server may be several processes.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok());
+            if let Some(ppid) = ppid {
+                parents.push((child, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// CPU seconds the process tree has used (user + system).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    process_tree(pid)
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (ticks(11) + ticks(12)) / 100.0
+        })
+        .sum()
 }
 
-/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`), summed over the tree.
 fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    process_tree(pid)
+        .into_iter()
+        .map(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0)
+        })
+        .sum()
 }
-
 /// Reads one SSE response to its end, timing events as they arrive.
 async fn read_stream(
     addr: SocketAddr,
@@ -467,7 +545,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let mut results = Vec::new();
     let targets: &[Target] = if compare {
-        &[Target::Sluice, Target::AxumMinimal]
+        &[Target::Sluice, Target::AxumMinimal, Target::NextJs]
     } else {
         &[Target::Sluice]
     };
@@ -505,35 +583,37 @@ fn main() {
     }
 }
 
-/// Sluice against the minimal axum server, per scenario, as ratios.
+/// Sluice against each comparison server, per scenario, as ratios.
 #[allow(clippy::print_stdout)]
 fn print_ratios(results: &[serde_json::Value]) {
-    println!("\nsluice / axum-minimal:");
-    for sluice in results.iter().filter(|r| r["server"] == "sluice") {
-        let Some(floor) = results
-            .iter()
-            .find(|r| r["server"] == "axum-minimal" && r["scenario"] == sluice["scenario"])
-        else {
-            continue;
-        };
-        let ratio = |key: &str| {
-            let (a, b) = (
-                sluice[key].as_f64().unwrap_or(0.0),
-                floor[key].as_f64().unwrap_or(0.0),
+    for other in ["axum-minimal", "nextjs"] {
+        println!("\nsluice / {other}:");
+        for sluice in results.iter().filter(|r| r["server"] == "sluice") {
+            let Some(floor) = results
+                .iter()
+                .find(|r| r["server"] == other && r["scenario"] == sluice["scenario"])
+            else {
+                continue;
+            };
+            let ratio = |key: &str| {
+                let (a, b) = (
+                    sluice[key].as_f64().unwrap_or(0.0),
+                    floor[key].as_f64().unwrap_or(0.0),
+                );
+                if b > 0.0 {
+                    a / b
+                } else {
+                    f64::NAN
+                }
+            };
+            println!(
+                "  {:<12} events/s {:.2}x   cpu-s per M events {:.2}x   RSS per open stream {:.2}x",
+                sluice["scenario"].as_str().unwrap_or_default(),
+                ratio("events_per_s"),
+                ratio("cpu_s_per_million_events"),
+                ratio("rss_per_open_stream_kib"),
             );
-            if b > 0.0 {
-                a / b
-            } else {
-                f64::NAN
-            }
-        };
-        println!(
-            "  {:<12} events/s {:.2}x   cpu-s per M events {:.2}x   RSS per open stream {:.2}x",
-            sluice["scenario"].as_str().unwrap_or_default(),
-            ratio("events_per_s"),
-            ratio("cpu_s_per_million_events"),
-            ratio("rss_per_open_stream_kib"),
-        );
+        }
     }
 }
 
@@ -560,7 +640,11 @@ fn print_table(results: &[serde_json::Value]) {
             format!(
                 "{}{}",
                 r["scenario"].as_str().unwrap_or_default(),
-                if r["server"] == "axum-minimal" { "*" } else { "" }
+                match r["server"].as_str() {
+                    Some("axum-minimal") => " (axum)",
+                    Some("nextjs") => " (next)",
+                    _ => "",
+                }
             ),
             r["streams"],
             r["events_per_s"].as_f64().unwrap_or(0.0),
