@@ -236,6 +236,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         })
         .sum()
 }
+
 /// Reads one SSE response to its end, timing events as they arrive.
 async fn read_stream(
     addr: SocketAddr,
@@ -317,12 +318,30 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// The server's state when a scenario starts, to measure what it costs.
+struct Baseline {
+    pid: u32,
+    cpu: f64,
+    rss: u64,
+    started: Instant,
+}
+
+impl Baseline {
+    fn take(server: &Server) -> Self {
+        let pid = server.child.id();
+        Self {
+            pid,
+            cpu: cpu_seconds(pid),
+            rss: status_kib(pid, "VmRSS:"),
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Runs `streams` concurrent one-shot streams and reports.
 async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_json::Value {
-    let pid = server.child.id();
-    let cpu_before = cpu_seconds(pid);
-    let rss_before = status_kib(pid, "VmRSS:");
-    let started = Instant::now();
+    let baseline = Baseline::take(server);
+    let started = baseline.started;
     let mut tasks = Vec::with_capacity(s.streams);
     for i in 0..s.streams {
         if !s.ramp.is_zero() {
@@ -337,33 +356,18 @@ async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_js
     }
     // The peak: all streams open (sampled once the ramp is over).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_open = status_kib(pid, "VmRSS:");
-    let mut result = report(
-        s.name,
-        s.streams,
-        s.interval_ms,
-        tasks,
-        started,
-        pid,
-        cpu_before,
-        rss_before,
-        rss_open,
-    )
-    .await;
+    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    let mut result = report(s.name, s.streams, s.interval_ms, tasks, &baseline, rss_open).await;
     result["server"] = json!(target.name());
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn report(
     name: &str,
     streams: usize,
     interval_ms: u64,
     tasks: Vec<tokio::task::JoinHandle<Seen>>,
-    started: Instant,
-    pid: u32,
-    cpu_before: f64,
-    rss_before: u64,
+    baseline: &Baseline,
     rss_open: u64,
 ) -> serde_json::Value {
     let mut events = 0u64;
@@ -380,8 +384,9 @@ async fn report(
         ttfts.extend(seen.ttft);
         gaps.extend(seen.gaps);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let elapsed = baseline.started.elapsed().as_secs_f64();
+    let pid = baseline.pid;
+    let cpu = cpu_seconds(pid) - baseline.cpu;
     ttfts.sort();
     gaps.sort();
     json!({
@@ -397,7 +402,7 @@ async fn report(
         "gap_max_ms": gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1000.0),
         "cpu_s_per_million_events": if events > 0 { cpu / (events as f64 / 1e6) } else { 0.0 },
         "peak_rss_kib": status_kib(pid, "VmHWM:"),
-        "rss_per_open_stream_kib": (rss_open.saturating_sub(rss_before)) as f64 / streams as f64,
+        "rss_per_open_stream_kib": (rss_open.saturating_sub(baseline.rss)) as f64 / streams as f64,
         "failures": failures,
         "seconds": elapsed,
     })
@@ -405,11 +410,8 @@ async fn report(
 
 /// One run watched by `subscribers` clients of `/api/runs/{id}/events`.
 async fn fan_out(server: &Server, subscribers: usize, tokens: usize) -> serde_json::Value {
-    let pid = server.child.id();
     let id = create_run(server.addr, tokens, 10).await;
-    let cpu_before = cpu_seconds(pid);
-    let rss_before = status_kib(pid, "VmRSS:");
-    let started = Instant::now();
+    let baseline = Baseline::take(server);
     let tasks: Vec<_> = (0..subscribers)
         .map(|_| {
             tokio::spawn(read_stream(
@@ -421,30 +423,16 @@ async fn fan_out(server: &Server, subscribers: usize, tokens: usize) -> serde_js
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_open = status_kib(pid, "VmRSS:");
-    report(
-        "fan-out",
-        subscribers,
-        10,
-        tasks,
-        started,
-        pid,
-        cpu_before,
-        rss_before,
-        rss_open,
-    )
-    .await
+    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    report("fan-out", subscribers, 10, tasks, &baseline, rss_open).await
 }
 
 /// `clients` reconnect at once to a finished run, from its middle.
 async fn resume_storm(server: &Server, clients: usize, tokens: usize) -> serde_json::Value {
-    let pid = server.child.id();
     let id = create_run(server.addr, tokens, 0).await;
     // Let the run finish.
     let _ = read_stream(server.addr, format!("/api/runs/{id}/events"), None, tokens).await;
-    let cpu_before = cpu_seconds(pid);
-    let rss_before = status_kib(pid, "VmRSS:");
-    let started = Instant::now();
+    let baseline = Baseline::take(server);
     let from = format!("{id}:{}", tokens / 2);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -456,19 +444,8 @@ async fn resume_storm(server: &Server, clients: usize, tokens: usize) -> serde_j
             ))
         })
         .collect();
-    let rss_open = status_kib(pid, "VmRSS:");
-    report(
-        "resume storm",
-        clients,
-        0,
-        tasks,
-        started,
-        pid,
-        cpu_before,
-        rss_before,
-        rss_open,
-    )
-    .await
+    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    report("resume storm", clients, 0, tasks, &baseline, rss_open).await
 }
 
 async fn create_run(addr: SocketAddr, tokens: usize, interval_ms: u64) -> String {

@@ -546,23 +546,18 @@ impl ChunkReader {
     /// upstream sent none, marked `output_tokens_counted`.
     fn usage_map(&self) -> Map<String, Value> {
         let mut usage = Map::new();
-        match &self.usage {
-            Some(upstream) => {
-                if let Some(prompt) = upstream.get("prompt_tokens") {
-                    usage.insert("prompt_tokens".into(), prompt.clone());
+        if let Some(upstream) = &self.usage {
+            for (from, to) in [
+                ("prompt_tokens", "prompt_tokens"),
+                ("completion_tokens", "output_tokens"),
+                ("total_tokens", "total_tokens"),
+            ] {
+                if let Some(value) = upstream.get(from) {
+                    usage.insert(to.into(), value.clone());
                 }
-                if let Some(output) = upstream.get("completion_tokens") {
-                    usage.insert("output_tokens".into(), output.clone());
-                }
-                if let Some(total) = upstream.get("total_tokens") {
-                    usage.insert("total_tokens".into(), total.clone());
-                }
-            }
-            None => {
-                usage.insert("output_tokens".into(), Value::from(self.content_chunks));
-                usage.insert("output_tokens_counted".into(), Value::Bool(true));
             }
         }
+        // No usage from the upstream, or none for the output: count it.
         if !usage.contains_key("output_tokens") {
             usage.insert("output_tokens".into(), Value::from(self.content_chunks));
             usage.insert("output_tokens_counted".into(), Value::Bool(true));

@@ -1,8 +1,9 @@
 //! The dashboard's files: embedded in the binary, or read from `--web-dir`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::helpers::*;
+use crate::lifecycle::serve_binary;
 
 #[tokio::test]
 async fn the_dashboard_and_its_files_are_served_with_their_types() {
@@ -72,40 +73,19 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
     let dir = std::env::temp_dir().join(format!("sluice-web-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "<h1>first edit</h1>").unwrap();
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--web-dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let served = serve_binary(
+        &["--bind", "127.0.0.1:0", "--web-dir", dir.to_str().unwrap()],
+        &[],
     );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    let page = reqwest::get(format!("{base}/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let base = served.base.clone();
+    /// Fetches `path` as text.
+    async fn text(url: String) -> String {
+        reqwest::get(url).await.unwrap().text().await.unwrap()
+    }
+    let page = text(format!("{base}/")).await;
     assert_eq!(page, "<h1>first edit</h1>");
     std::fs::write(dir.join("index.html"), "<h1>second edit</h1>").unwrap();
-    let page = reqwest::get(format!("{base}/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text(format!("{base}/")).await;
     assert_eq!(page, "<h1>second edit</h1>", "no restart needed");
     let missing = reqwest::get(format!("{base}/app.js")).await.unwrap();
     assert_eq!(
@@ -113,7 +93,7 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
         404,
         "a file missing from --web-dir is not found"
     );
-    drop(child);
+    drop(served);
 
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
@@ -125,16 +105,6 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("index.html"));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

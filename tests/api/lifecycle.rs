@@ -9,9 +9,9 @@ use futures::StreamExt;
 use crate::helpers::*;
 
 /// A `sluice serve` child process and the URL from its listen line.
-struct Served {
-    child: Child,
-    base: String,
+pub(crate) struct Served {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     _config: Option<tempfile_path::TempPath>,
 }
 
@@ -22,7 +22,8 @@ impl Drop for Served {
     }
 }
 
-fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
+/// `sluice serve ARGS` with `env`, up and listening.
+pub(crate) fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
         .arg("serve")
@@ -101,6 +102,20 @@ async fn the_first_stdout_line_is_the_listen_url_and_the_api_answers_there() {
     )
     .await;
     assert_eq!(tokens_of(&events).len(), 3);
+}
+
+#[tokio::test]
+async fn bind_overrides_sluice_bind() {
+    let served = serve_binary(
+        &["--bind", "127.0.0.1:0"],
+        &[("SLUICE_BIND", "127.0.0.1:9")],
+    );
+    let port: u16 = served.base.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 9, "--bind wins over SLUICE_BIND");
+    let response = reqwest::get(format!("{}/healthz", served.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
@@ -255,7 +270,7 @@ async fn sigint_with_an_open_stream_exits_zero_within_the_grace() {
 }
 
 /// A temporary file removed on drop, without another dependency.
-mod tempfile_path {
+pub(crate) mod tempfile_path {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
