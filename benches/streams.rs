@@ -22,6 +22,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+#[path = "streams/report.rs"]
+mod report;
+
 /// One scenario: `streams` clients, each reading a run of `tokens` tokens
 /// at `interval_ms`, their connections opened over `ramp`.
 struct Scenario {
@@ -44,10 +47,35 @@ struct Seen {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The server's executable name, as `/proc/PID/comm` shows it.
+    name: String,
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so that a profiler wrapping the server writes its
+    /// report; SIGKILL if it has not exited after a few seconds.
     fn drop(&mut self) {
+        // The server itself, which a wrapper such as heaptrack runs as its
+        // child: the wrapper writes its report once the server has exited.
+        let server: Vec<String> = process_tree(self.child.id())
+            .into_iter()
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                self.name.starts_with(comm.trim())
+            })
+            .map(|pid| pid.to_string())
+            .collect();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .args(server)
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -64,6 +92,12 @@ enum Target {
 }
 
 impl Target {
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Sluice, Self::AxumMinimal, Self::NextJs]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Sluice => "sluice",
@@ -121,13 +155,16 @@ fn start_server(target: Target) -> Server {
         _ => env!("CARGO_MANIFEST_DIR"),
     };
     let pinned = Command::new("taskset").arg("-V").output().is_ok();
-    let mut command = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", binary]);
-        c
-    } else {
-        Command::new(binary)
-    };
+    // `STREAMS_BENCH_WRAP="heaptrack"` (or perf, valgrind...) runs the
+    // server under a profiler.
+    let wrap = std::env::var("STREAMS_BENCH_WRAP").unwrap_or_default();
+    let mut line: Vec<&str> = wrap.split_whitespace().collect();
+    line.push(binary);
+    if pinned {
+        line.splice(0..0, ["taskset", "-c", "0"]);
+    }
+    let mut command = Command::new(line[0]);
+    command.args(&line[1..]);
     let mut child = command
         .current_dir(dir)
         .args(args)
@@ -136,23 +173,28 @@ fn start_server(target: Target) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-    let mut line = String::new();
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| panic!("no listen line: {e}"));
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // The listen line; a profiler may print lines of its own first.
+    let addr = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("http://"))
+                .and_then(|a| a.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("{binary} printed no listen line"));
     if pinned {
         let _ = Command::new("taskset")
             .args(["-cp", "1", &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
     }
-    Server { child, addr }
+    let name = std::path::Path::new(binary)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Server { child, addr, name }
 }
 
 /// `pid` and all its descendants: a server may be several processes.
@@ -195,25 +237,25 @@ fn process_tree(pid: u32) -> Vec<u32> {
 
 /// CPU seconds the process tree has used (user + system).
 fn cpu_seconds(pid: u32) -> f64 {
-    process_tree(pid)
-        .into_iter()
-        .map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|f| f.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (ticks(11) + ticks(12)) / 100.0
-        })
-        .sum()
+    process_tree(pid).into_iter().map(process_cpu_seconds).sum()
+}
+
+/// CPU seconds of one process, its threads included.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`), summed over the tree.
@@ -310,6 +352,19 @@ async fn read_stream(
     seen
 }
 
+/// How much longer than nominal a stream may take before it counts as failed.
+const SLACK: Duration = Duration::from_secs(30);
+
+/// `stream`, failed if it has not ended within `limit`.
+async fn bounded(limit: Duration, stream: impl std::future::Future<Output = Seen>) -> Seen {
+    tokio::time::timeout(limit, stream)
+        .await
+        .unwrap_or_else(|_| Seen {
+            failed: true,
+            ..Seen::default()
+        })
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -322,6 +377,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 struct Baseline {
     pid: u32,
     cpu: f64,
+    /// This process's CPU seconds: the load generator's own cost.
+    loadgen_cpu: f64,
     rss: u64,
     started: Instant,
 }
@@ -332,6 +389,7 @@ impl Baseline {
         Self {
             pid,
             cpu: cpu_seconds(pid),
+            loadgen_cpu: process_cpu_seconds(std::process::id()),
             rss: status_kib(pid, "VmRSS:"),
             started: Instant::now(),
         }
@@ -352,7 +410,11 @@ async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_js
             "/api/agent/stream?prompt=bench{i}&tokens={}&interval_ms={}",
             s.tokens, s.interval_ms
         );
-        tasks.push(tokio::spawn(read_stream(server.addr, path, None, s.tokens)));
+        let limit = s.ramp + Duration::from_millis(s.interval_ms * s.tokens as u64) + SLACK;
+        tasks.push(tokio::spawn(bounded(
+            limit,
+            read_stream(server.addr, path, None, s.tokens),
+        )));
     }
     // The peak: all streams open (sampled once the ramp is over).
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -405,26 +467,41 @@ async fn report(
         "rss_per_open_stream_kib": (rss_open.saturating_sub(baseline.rss)) as f64 / streams as f64,
         "failures": failures,
         "seconds": elapsed,
+        "server_cpu_share": cpu / elapsed,
+        "loadgen_cpu_share": (process_cpu_seconds(std::process::id()) - baseline.loadgen_cpu) / elapsed,
     })
 }
 
 /// One run watched by `subscribers` clients of `/api/runs/{id}/events`.
-async fn fan_out(server: &Server, subscribers: usize, tokens: usize) -> serde_json::Value {
-    let id = create_run(server.addr, tokens, 10).await;
+async fn fan_out(
+    server: &Server,
+    subscribers: usize,
+    tokens: usize,
+    interval_ms: u64,
+) -> serde_json::Value {
+    let id = create_run(server.addr, tokens, interval_ms).await;
     let baseline = Baseline::take(server);
     let tasks: Vec<_> = (0..subscribers)
         .map(|_| {
-            tokio::spawn(read_stream(
-                server.addr,
-                format!("/api/runs/{id}/events"),
-                None,
-                tokens,
+            tokio::spawn(bounded(
+                Duration::from_millis(interval_ms * tokens as u64) + SLACK,
+                read_stream(server.addr, format!("/api/runs/{id}/events"), None, tokens),
             ))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_open = status_kib(baseline.pid, "VmRSS:");
-    report("fan-out", subscribers, 10, tasks, &baseline, rss_open).await
+    let mut result = report(
+        "fan-out",
+        subscribers,
+        interval_ms,
+        tasks,
+        &baseline,
+        rss_open,
+    )
+    .await;
+    result["server"] = json!(Target::Sluice.name());
+    result
 }
 
 /// `clients` reconnect at once to a finished run, from its middle.
@@ -436,16 +513,21 @@ async fn resume_storm(server: &Server, clients: usize, tokens: usize) -> serde_j
     let from = format!("{id}:{}", tokens / 2);
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            tokio::spawn(read_stream(
-                server.addr,
-                format!("/api/runs/{id}/events"),
-                Some(from.clone()),
-                tokens / 2,
+            tokio::spawn(bounded(
+                SLACK,
+                read_stream(
+                    server.addr,
+                    format!("/api/runs/{id}/events"),
+                    Some(from.clone()),
+                    tokens / 2,
+                ),
             ))
         })
         .collect();
     let rss_open = status_kib(baseline.pid, "VmRSS:");
-    report("resume storm", clients, 0, tasks, &baseline, rss_open).await
+    let mut result = report("resume storm", clients, 0, tasks, &baseline, rss_open).await;
+    result["server"] = json!(Target::Sluice.name());
+    result
 }
 
 async fn create_run(addr: SocketAddr, tokens: usize, interval_ms: u64) -> String {
@@ -463,84 +545,87 @@ async fn create_run(addr: SocketAddr, tokens: usize, interval_ms: u64) -> String
     body["id"].as_str().unwrap_or_default().to_owned()
 }
 
+/// The scenarios at full size, or small enough for CI (`--quick`).
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    let (scale, ramp) = if quick { (10, 500) } else { (1, 2_000) };
+    vec![
+        Scenario {
+            name: "throughput",
+            streams: 100 / (scale / 2).max(1),
+            tokens: 20_000 / scale,
+            interval_ms: 0,
+            ramp: Duration::ZERO,
+        },
+        Scenario {
+            name: "concurrency",
+            streams: 5_000 / scale,
+            tokens: if quick { 20 } else { 100 },
+            interval_ms: 100,
+            ramp: Duration::from_millis(ramp),
+        },
+        Scenario {
+            name: "idle",
+            streams: 10_000 / scale,
+            tokens: if quick { 3 } else { 5 },
+            interval_ms: if quick { 1_000 } else { 2_000 },
+            ramp: Duration::from_millis(ramp),
+        },
+    ]
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let scenarios = if quick {
-        vec![
-            Scenario {
-                name: "throughput",
-                streams: 20,
-                tokens: 2_000,
-                interval_ms: 0,
-                ramp: Duration::ZERO,
-            },
-            Scenario {
-                name: "concurrency",
-                streams: 500,
-                tokens: 20,
-                interval_ms: 100,
-                ramp: Duration::from_millis(500),
-            },
-            Scenario {
-                name: "idle",
-                streams: 1_000,
-                tokens: 3,
-                interval_ms: 1_000,
-                ramp: Duration::from_millis(500),
-            },
-        ]
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let compare = args.iter().any(|a| a == "--compare");
+    let targets: Vec<Target> = if compare {
+        vec![Target::Sluice, Target::AxumMinimal, Target::NextJs]
     } else {
-        vec![
-            Scenario {
-                name: "throughput",
-                streams: 100,
-                tokens: 20_000,
-                interval_ms: 0,
-                ramp: Duration::ZERO,
-            },
-            Scenario {
-                name: "concurrency",
-                streams: 5_000,
-                tokens: 100,
-                interval_ms: 100,
-                ramp: Duration::from_secs(2),
-            },
-            Scenario {
-                name: "idle",
-                streams: 10_000,
-                tokens: 5,
-                interval_ms: 2_000,
-                ramp: Duration::from_secs(2),
-            },
-        ]
+        let named: Vec<Target> = args
+            .windows(2)
+            .filter(|w| w[0] == "--server")
+            .filter_map(|w| Target::parse(&w[1]))
+            .collect();
+        if named.is_empty() {
+            vec![Target::Sluice]
+        } else {
+            named
+        }
     };
     let (fan_out_subscribers, resume_clients) = if quick { (100, 100) } else { (1_000, 1_000) };
-    let compare = std::env::args().any(|a| a == "--compare");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let mut results = Vec::new();
-    let targets: &[Target] = if compare {
-        &[Target::Sluice, Target::AxumMinimal, Target::NextJs]
-    } else {
-        &[Target::Sluice]
-    };
-    for &target in targets {
-        // A fresh server per target, so memory figures start from the same place.
-        let server = start_server(target);
+    // `--scenario NAME` (repeatable) runs only those.
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--scenario")
+        .map(|w| w[1].as_str())
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    for &target in &targets {
         runtime.block_on(async {
-            for scenario in &scenarios {
+            // A fresh server per scenario, so that memory figures start from
+            // the same place and no run's log outlives its scenario.
+            for scenario in scenarios(quick).iter().filter(|s| wanted(s.name)) {
+                let server = start_server(target);
                 results.push(run_scenario(&server, scenario, target).await);
             }
-            if target == Target::Sluice && !compare {
-                results.push(fan_out(&server, fan_out_subscribers, 500).await);
+            if target == Target::Sluice && wanted("fan-out") {
+                let server = start_server(target);
+                // The throughput scenario's run, watched by many instead of one.
+                let tokens = if quick { 2_000 } else { 20_000 };
+                results.push(fan_out(&server, fan_out_subscribers, tokens, 0).await);
+            }
+            if target == Target::Sluice && wanted("resume") {
+                let server = start_server(target);
                 results.push(resume_storm(&server, resume_clients, 2_000).await);
             }
         });
     }
     print_table(&results);
-    if compare {
+    if targets.len() > 1 {
         print_ratios(&results);
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
@@ -549,6 +634,10 @@ fn main() {
         for result in &results {
             let _ = writeln!(file, "{result}");
         }
+    }
+    if compare && !quick {
+        let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs");
+        report::write_docs(docs, &results);
     }
     let failures: u64 = results
         .iter()

@@ -10,6 +10,9 @@ use sluice::config::Config;
 use sluice::http::dashboard::WebAssets;
 use sluice::http::{serve_with_tls, AppState};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -53,9 +56,8 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let listener =
+            sluice::http::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot read the listen address: {e}"))?;

@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::agent::Agents;
 use crate::auth::Auth;
@@ -44,9 +44,22 @@ use stream::StreamSlots;
 /// told to reconnect, leaving time for their connections to close.
 const RECONNECT_MARGIN: Duration = Duration::from_secs(1);
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so that the clones that every
+/// middleware and extractor make cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Gateway>);
+
+impl std::ops::Deref for AppState {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
+}
+
+/// The gateway's parts, behind [`AppState`].
+#[derive(Clone)]
+pub struct Gateway {
     pub hub: Hub,
     pub agents: Arc<Agents>,
     pub config: Arc<Config>,
@@ -79,7 +92,7 @@ impl AppState {
 
     /// Serve the dashboard from `web` instead of the embedded copies.
     pub fn with_web(mut self, web: WebAssets) -> Self {
-        self.web = Arc::new(web);
+        Arc::make_mut(&mut self.0).web = Arc::new(web);
         self
     }
 
@@ -88,7 +101,7 @@ impl AppState {
         let agents = Agents::from_config(&config.agents)?;
         let auth = Auth::from_config(&config.auth, config.auth.env_keys.as_deref())?;
         let run_rate = Arc::new(limits::RunRate::new(config.auth.runs_per_minute));
-        Ok(Self {
+        Ok(Self(Arc::new(Gateway {
             hub,
             agents: Arc::new(agents),
             streams: StreamSlots::new(config.server.max_streams),
@@ -100,8 +113,26 @@ impl AppState {
             auth: Arc::new(auth),
             tls: false,
             run_rate,
-        })
+        })))
     }
+}
+
+/// How many connections may wait to be accepted; the kernel caps it at
+/// `net.core.somaxconn`. Tokio's default of 1,024 drops SYNs when a
+/// thousand clients reconnect at once, and each dropped one waits a second
+/// to retry.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// A listener on `addr` with a backlog sized for reconnect storms.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// All routes of the API.
@@ -144,7 +175,7 @@ pub fn router(state: AppState) -> Router {
                 "a handler panicked".into(),
             ))
         }))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(middleware::from_fn(trace_request))
         .layer(cors(&state.config.server.cors_origins))
         .with_state(state)
 }
@@ -179,6 +210,25 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// Runs each request's handler in its span and logs the response: errors at
+/// `error`, the rest at `debug`. Only the handler runs in the span, not the
+/// response body, so a stream's frames are written without entering it.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = request_span(&request);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_millis() as u64;
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::error!(status, latency_ms, "response");
+        } else {
+            tracing::debug!(status, latency_ms, "response");
+        }
+    });
+    response
 }
 
 /// One span per request: method and path (never the query, which may carry
@@ -252,6 +302,53 @@ pub async fn serve(
     serve_with_tls(listener, state, None, shutdown).await
 }
 
+/// hyper's connection builders, one per way of picking the protocol.
+#[derive(Clone)]
+struct Protocols {
+    /// HTTP/1.1 only: plain connections (browsers never speak HTTP/2
+    /// without TLS), and TLS ones that chose it by ALPN. Knowing the
+    /// protocol up front skips the first read that sniffs for HTTP/2,
+    /// whose few bytes would make hyper grow each connection's 8 KiB read
+    /// buffer to 16 KiB.
+    http1: Builder<TokioExecutor>,
+    /// HTTP/2 only: TLS connections that chose it by ALPN.
+    http2: Builder<TokioExecutor>,
+    /// Either, by sniffing: TLS clients that sent no ALPN.
+    auto: Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(header_timeout: Duration, max_head: usize) -> Self {
+        let mut auto = Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_head);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        Self {
+            http1: auto.clone().http1_only(),
+            http2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+
+    fn by_alpn(&self, alpn: Option<&[u8]>) -> &Builder<TokioExecutor> {
+        match alpn {
+            Some(b"h2") => &self.http2,
+            Some(_) => &self.http1,
+            None => &self.auto,
+        }
+    }
+}
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::debug!("connection ended: {e}");
+    }
+}
+
 /// [`serve`], over TLS when `tls` is given (HTTP/2 or HTTP/1.1 by ALPN).
 ///
 /// Each connection gets hyper's auto (HTTP/1 and HTTP/2) server with a
@@ -263,7 +360,7 @@ pub async fn serve_with_tls(
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    state.tls = tls.is_some();
+    Arc::make_mut(&mut state.0).tls = tls.is_some();
     let grace = state.config.shutdown_grace();
     let header_timeout = Duration::from_secs(state.config.server.header_read_timeout_secs);
     let max_head = state.config.server.max_header_bytes;
@@ -271,16 +368,7 @@ pub async fn serve_with_tls(
     let draining = state.draining.clone();
     let app = router(state);
 
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(max_head);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+    let protocols = Protocols::new(header_timeout, max_head);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -298,36 +386,32 @@ pub async fn serve_with_tls(
         };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!("connection ended: {e}");
+        // Plain and TLS connections get tasks of their own, so that a plain
+        // one does not carry the room a TLS session needs.
+        match &tls {
+            None => {
+                let conn = protocols
+                    .http1
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .into_owned();
+                tokio::spawn(async move { log_end(watcher.watch(conn).await) });
             }
-        });
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp));
+                let protocols = protocols.clone();
+                tokio::spawn(async move {
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    let builder = protocols.by_alpn(stream.get_ref().1.alpn_protocol());
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    log_end(watcher.watch(conn).await);
+                });
+            }
+        }
     }
     drop(listener);
     draining.cancel();

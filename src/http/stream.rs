@@ -198,7 +198,9 @@ fn sse_body(
 ) -> Body {
     let stream = async_stream::stream! {
         let _slot = slot;
-        let ended = streams_end.cancelled_owned();
+        // A child token: polling it locks only this stream's node, not the
+        // one shared by every stream.
+        let ended = streams_end.child_token().cancelled_owned();
         tokio::pin!(ended);
         let mut last_write = Instant::now();
         let timer = tokio::time::sleep_until(last_write + keep_alive);

@@ -238,13 +238,38 @@ async fn drive(
     let limit = shared
         .max_run
         .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
-    let deadline = tokio::time::sleep(limit);
+    let started = tokio::time::Instant::now();
+    // A run that ends when its clients leave first checks, with the same
+    // timer, that a client came at all; later leaves are the subscribers'
+    // own to report.
+    let mut awaiting_first = run.meta.cancel_on_disconnect;
+    let first_check = if awaiting_first {
+        shared
+            .disconnect_grace
+            .max(FIRST_SUBSCRIBER_WAIT)
+            .min(limit)
+    } else {
+        limit
+    };
+    let deadline = tokio::time::sleep_until(started + first_check);
     tokio::pin!(deadline);
     loop {
         let entry = tokio::select! {
             biased;
             () = &mut cancelled => recorder.cancelled(),
-            () = &mut deadline => recorder.timed_out(limit),
+            () = &mut deadline => {
+                if !awaiting_first {
+                    recorder.timed_out(limit)
+                } else {
+                    awaiting_first = false;
+                    deadline.as_mut().reset(started + limit);
+                    if run.epoch.load(Ordering::SeqCst) == 0 {
+                        tracing::info!(run_id = %run.meta.id, "no subscriber came: cancelling");
+                        run.cancel.cancel();
+                    }
+                    continue;
+                }
+            }
             // A panicking agent ends its run with an error event instead of
             // leaving it running forever with its subscribers waiting.
             event = AssertUnwindSafe(events.next()).catch_unwind() => match event {
@@ -399,10 +424,6 @@ impl HubBackend for MemoryHub {
                 .retained_bytes
                 .fetch_add(size as u64, Ordering::Relaxed);
             shared.running.fetch_add(1, Ordering::Relaxed);
-            if run.meta.cancel_on_disconnect {
-                let wait = shared.disconnect_grace.max(FIRST_SUBSCRIBER_WAIT);
-                schedule_idle_check(run.clone(), wait);
-            }
             tokio::spawn(drive(shared, run, events, recorder));
             Ok(())
         }
@@ -498,6 +519,48 @@ mod tests {
 
     fn id(n: usize) -> RunId {
         RunId::parse(&format!("run{n}")).unwrap_or_else(|| unreachable!())
+    }
+
+    /// A one-shot run whose client never subscribes is cancelled once the
+    /// first-subscriber wait is over; one whose client came runs on.
+    #[tokio::test]
+    async fn a_one_shot_run_nobody_subscribes_to_is_cancelled() {
+        let hub = MemoryHub::new(
+            &RunsConfig {
+                disconnect_grace_secs: 0,
+                ..RunsConfig::default()
+            },
+            Metrics::new().unwrap_or_else(|_| unreachable!()),
+        );
+        let forever = || {
+            futures::stream::iter([crate::agent::AgentEvent::Token("a".into())])
+                .chain(futures::stream::pending())
+                .boxed()
+        };
+        let mut subscriptions = Vec::new();
+        for n in [1, 2] {
+            let meta = RunMeta {
+                id: id(n),
+                agent: "sim".into(),
+                prompt: String::new(),
+                created_at: std::time::SystemTime::now(),
+                cancel_on_disconnect: true,
+                owner: None,
+            };
+            assert!(hub.start(meta, forever()).await.is_ok());
+        }
+        if let Ok(Resume::Events(subscription)) = hub.subscribe(id(2), 0, None).await {
+            subscriptions.push(subscription);
+        }
+        assert_eq!(subscriptions.len(), 1);
+        tokio::time::sleep(FIRST_SUBSCRIBER_WAIT + Duration::from_millis(300)).await;
+        let status = |n| {
+            let hub = hub.clone();
+            async move { hub.snapshot(id(n), None).await.map(|s| s.status).ok() }
+        };
+        assert_eq!(status(1).await, Some(RunStatus::Cancelled));
+        assert_eq!(status(2).await, Some(RunStatus::Running));
+        assert_eq!(hub.running(), 1);
     }
 
     #[tokio::test]
