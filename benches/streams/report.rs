@@ -29,7 +29,11 @@ pub fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Every core of the machine, not the one this process is pinned to.
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cores} × {model}, Linux {}", kernel.trim())
 }
@@ -113,12 +117,12 @@ pub fn chart(results: &[Value]) -> String {
             for (server, color) in SERVERS {
                 if let Some(r) = find(results, scenario, server) {
                     let value = number(r, key);
-                    rows.push((
-                        format!("{scenario} · {server}"),
-                        color,
-                        value,
-                        format(value),
-                    ));
+                    let mut text = format(value);
+                    let failures = number(r, "failures");
+                    if failures > 0.0 {
+                        text.push_str(&format!(" ({failures} streams failed)"));
+                    }
+                    rows.push((format!("{scenario} · {server}"), color, value, text));
                 }
             }
         }
@@ -165,14 +169,19 @@ pub fn chart(results: &[Value]) -> String {
     svg
 }
 
-/// Writes `docs/performance.md` and `docs/performance.svg`.
+/// Writes `docs/performance.md`, `.svg` and `.jsonl` (the raw results).
 pub fn write_docs(dir: &str, results: &[Value]) {
     let md = format!(
-        "# Load benchmark: one run, three servers\n\nMachine: {}. Reproduce with `cargo bench --bench streams -- --compare`.\n\n![chart](performance.svg)\n\n{}",
+        "# Load benchmark: one run, three servers\n\nMachine: {}. Reproduce with `cargo bench --bench streams -- --compare`; the raw results are in `performance.jsonl`.\n\n![chart](performance.svg)\n\n{}",
         machine(),
         table(results)
     );
-    for (name, text) in [("performance.md", md), ("performance.svg", chart(results))] {
+    let jsonl: String = results.iter().map(|r| format!("{r}\n")).collect();
+    for (name, text) in [
+        ("performance.md", md),
+        ("performance.svg", chart(results)),
+        ("performance.jsonl", jsonl),
+    ] {
         let path = format!("{dir}/{name}");
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("cannot write {path}: {e}");
