@@ -265,11 +265,14 @@ impl Config {
                 ));
             }
         }
-        if self.hub.backend != "memory" {
+        if !["memory", "redis"].contains(&self.hub.backend.as_str()) {
             return invalid(format!(
-                "hub.backend `{}` is not available in this version of sluice (available: memory)",
+                "hub.backend `{}` is unknown (expected memory or redis)",
                 self.hub.backend
             ));
+        }
+        if self.hub.lease_secs == 0 {
+            return invalid("hub.lease_secs must be at least 1".into());
         }
         Ok(())
     }

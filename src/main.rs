@@ -61,7 +61,8 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot read the listen address: {e}"))?;
-        let mut state = AppState::new(config).map_err(|e| e.to_string())?;
+        let mut state = AppState::connect(config).await.map_err(|e| e.to_string())?;
+        let hub = state.hub.clone();
         if let Some(dir) = web_dir {
             if !dir.join("index.html").is_file() {
                 return Err(format!("--web-dir {}: no index.html there", dir.display()));
@@ -69,9 +70,11 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
             state = state.with_web(WebAssets::Dir(dir));
         }
         announce(&format!("sluice listening on {scheme}://{local}"));
-        serve_with_tls(listener, state, tls, shutdown_signal())
+        let served = serve_with_tls(listener, state, tls, shutdown_signal())
             .await
-            .map_err(|e| format!("server error: {e}"))
+            .map_err(|e| format!("server error: {e}"));
+        hub.shutdown().await;
+        served
     })?;
     tracing::info!("stopped");
     Ok(())

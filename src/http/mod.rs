@@ -90,6 +90,20 @@ impl AppState {
         Self::with_hub(config, hub, metrics)
     }
 
+    /// The state for `config` with the hub it names: in memory, or shared
+    /// through Redis (which must answer now).
+    pub async fn connect(config: Config) -> Result<Self, ConfigError> {
+        if config.hub.backend != "redis" {
+            return Self::new(config);
+        }
+        let metrics = Metrics::new()
+            .map_err(|e| ConfigError::Invalid(format!("cannot set up the metrics: {e}")))?;
+        let hub = crate::hub::redis::RedisHub::connect(&config, metrics.clone())
+            .await
+            .map_err(|e| ConfigError::Invalid(format!("hub.url `{}`: {e}", config.hub.url)))?;
+        Self::with_hub(config, Hub::new(hub), metrics)
+    }
+
     /// Serve the dashboard from `web` instead of the embedded copies.
     pub fn with_web(mut self, web: WebAssets) -> Self {
         Arc::make_mut(&mut self.0).web = Arc::new(web);

@@ -151,6 +151,16 @@ impl RunLog {
         self.changed.subscribe()
     }
 
+    /// Up to `max` frames after the first `cursor`, each on its own, and
+    /// whether the last of them is the run's terminal event.
+    pub fn frames(&self, cursor: usize, max: usize) -> (Vec<Bytes>, bool) {
+        let state = self.lock();
+        let ready = state.frames.get(cursor..).unwrap_or_default();
+        let taken: Vec<Bytes> = ready.iter().take(max).cloned().collect();
+        let last = state.end.is_some() && taken.len() == ready.len();
+        (taken, last)
+    }
+
     /// Number of events and whether the run has ended, read together.
     pub fn position(&self) -> (usize, bool) {
         let state = self.lock();

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::log::{Read, RunLog};
-use super::record::Recorder;
+use super::record::{Entry, Recorder};
 use super::{
     rfc3339, Cancelled, Chunk, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot,
     RunStatus, Seq, Viewer,
@@ -55,6 +55,7 @@ struct Shared {
     retained_bytes: AtomicU64,
     running: AtomicUsize,
     metrics: Arc<Metrics>,
+    elsewhere: Option<Elsewhere>,
 }
 
 #[derive(Default)]
@@ -70,7 +71,12 @@ struct Registry {
     gone: GoneIds,
 }
 
-struct Run {
+/// Asks whether a run has subscribers on other nodes (a shared hub's
+/// answer to the disconnect grace); the memory hub alone has none.
+pub type Elsewhere = Arc<dyn Fn(RunId) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// One run in this process: driven here, or mirrored from a shared hub.
+pub struct Run {
     meta: RunMeta,
     ordinal: u64,
     log: RunLog,
@@ -79,6 +85,32 @@ struct Run {
     /// Moves on every subscribe and unsubscribe, so a disconnect-grace check
     /// scheduled earlier can tell that someone came and went since.
     epoch: AtomicU64,
+    /// A cancel with this set ends the run with `error node_lost`: the node
+    /// is stopping and cannot finish it.
+    lost: AtomicBool,
+    /// A copy of a run that another node drives (no driver here).
+    mirror: bool,
+    elsewhere: Option<Elsewhere>,
+}
+
+impl Run {
+    pub fn meta(&self) -> &RunMeta {
+        &self.meta
+    }
+
+    pub fn log(&self) -> &RunLog {
+        &self.log
+    }
+
+    /// Whether another node drives this run.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
+    /// Subscribers on this node now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::SeqCst)
+    }
 }
 
 /// Ids of evicted runs, oldest first, bounded in count and age.
@@ -120,6 +152,15 @@ impl MemoryHub {
     /// A hub with `config`'s retention and disconnect grace. Must be called
     /// inside a tokio runtime: it starts the sweeper task.
     pub fn new(config: &RunsConfig, metrics: Arc<Metrics>) -> Self {
+        Self::with_elsewhere(config, metrics, None)
+    }
+
+    /// A hub whose disconnect grace also asks `elsewhere` before cancelling.
+    pub fn with_elsewhere(
+        config: &RunsConfig,
+        metrics: Arc<Metrics>,
+        elsewhere: Option<Elsewhere>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::default()),
             retention: config.retention(),
@@ -129,6 +170,7 @@ impl MemoryHub {
             retained_bytes: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             metrics,
+            elsewhere,
         });
         tokio::spawn(sweep_until_dropped(Arc::downgrade(&shared)));
         Self { shared }
@@ -256,7 +298,11 @@ async fn drive(
     loop {
         let entry = tokio::select! {
             biased;
-            () = &mut cancelled => recorder.cancelled(),
+            () = &mut cancelled => if run.lost.load(Ordering::SeqCst) {
+                recorder.node_lost()
+            } else {
+                recorder.cancelled()
+            },
             () = &mut deadline => {
                 if !awaiting_first {
                     recorder.timed_out(limit)
@@ -264,8 +310,12 @@ async fn drive(
                     awaiting_first = false;
                     deadline.as_mut().reset(started + limit);
                     if run.epoch.load(Ordering::SeqCst) == 0 {
-                        tracing::info!(run_id = %run.meta.id, "no subscriber came: cancelling");
-                        run.cancel.cancel();
+                        if watched_elsewhere(&run).await {
+                            schedule_idle_check(run.clone(), shared.disconnect_grace);
+                        } else {
+                            tracing::info!(run_id = %run.meta.id, "no subscriber came: cancelling");
+                            run.cancel.cancel();
+                        }
                     }
                     continue;
                 }
@@ -300,6 +350,14 @@ async fn drive(
 
 /// Cancels `run` if it still has no subscriber after the disconnect grace
 /// and nobody subscribed or left in the meantime.
+/// Whether subscribers on other nodes watch `run`.
+async fn watched_elsewhere(run: &Run) -> bool {
+    match &run.elsewhere {
+        Some(elsewhere) => elsewhere(run.meta.id.clone()).await,
+        None => false,
+    }
+}
+
 fn schedule_idle_check(run: Arc<Run>, grace: Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -311,8 +369,13 @@ fn schedule_idle_check(run: Arc<Run>, grace: Duration) {
             && run.epoch.load(Ordering::SeqCst) == epoch
             && run.log.status() == RunStatus::Running
         {
-            tracing::info!(run_id = %run.meta.id, "no subscriber for the disconnect grace: cancelling");
-            run.cancel.cancel();
+            if watched_elsewhere(&run).await {
+                // Its client reconnected to another node: look again later.
+                schedule_idle_check(run, grace);
+            } else {
+                tracing::info!(run_id = %run.meta.id, "no subscriber for the disconnect grace: cancelling");
+                run.cancel.cancel();
+            }
         }
     });
 }
@@ -357,6 +420,7 @@ impl Drop for Subscriber {
         let left = self.run.subscribers.fetch_sub(1, Ordering::SeqCst) - 1;
         self.run.epoch.fetch_add(1, Ordering::SeqCst);
         if left == 0
+            && !self.run.mirror
             && self.run.meta.cancel_on_disconnect
             && self.run.log.status() == RunStatus::Running
         {
@@ -395,6 +459,88 @@ impl MemoryHub {
     }
 }
 
+/// What a shared hub needs of the local one.
+impl MemoryHub {
+    /// The run `id` if this process has it, driven here or mirrored.
+    pub fn local(&self, id: &RunId) -> Option<Arc<Run>> {
+        self.shared.registry().runs.get(id).cloned()
+    }
+
+    /// Registers a copy of a run that another node drives; whoever mirrors
+    /// it appends its events to [`Run::log`] and calls
+    /// [`MemoryHub::mirror_finished`] after the terminal one.
+    ///
+    /// The mirror starts with `entries`; when another caller registered the
+    /// run first, that mirror is returned instead and `false` says so.
+    pub fn insert_mirror(&self, meta: RunMeta, entries: Vec<Entry>) -> (Arc<Run>, bool) {
+        let mut registry = self.shared.registry();
+        if let Some(run) = registry.runs.get(&meta.id) {
+            return (run.clone(), false);
+        }
+        let ordinal = registry.next_ordinal;
+        registry.next_ordinal += 1;
+        let run = Arc::new(Run {
+            meta,
+            ordinal,
+            log: RunLog::new(),
+            cancel: CancellationToken::new(),
+            subscribers: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
+            mirror: true,
+            elsewhere: None,
+        });
+        for entry in entries {
+            run.log.append(entry);
+        }
+        registry.runs.insert(run.meta.id.clone(), run.clone());
+        registry.by_age.insert(ordinal, run.meta.id.clone());
+        (run, true)
+    }
+
+    /// A mirrored run has logged its terminal event: it is now retained
+    /// and evicted like any other.
+    pub fn mirror_finished(&self, run: &Run) {
+        self.shared
+            .retained_bytes
+            .fetch_add(run.log.bytes(), Ordering::Relaxed);
+        let now = Instant::now();
+        self.shared
+            .registry()
+            .finished
+            .push_back((now, run.meta.id.clone()));
+        self.shared.sweep(now);
+    }
+
+    /// Forgets a mirror that could not be filled.
+    pub fn drop_mirror(&self, id: &RunId) {
+        let mut registry = self.shared.registry();
+        if registry.runs.get(id).is_some_and(|run| run.mirror) {
+            if let Some(run) = registry.runs.remove(id) {
+                registry.by_age.remove(&run.ordinal);
+            }
+        }
+    }
+
+    /// Ends every run this process drives with `error node_lost`, for a
+    /// node that stops before they finish; returns them.
+    pub fn lose_running(&self) -> Vec<Arc<Run>> {
+        let runs: Vec<Arc<Run>> = self
+            .shared
+            .registry()
+            .runs
+            .values()
+            .filter(|run| !run.mirror && run.log.status() == RunStatus::Running)
+            .cloned()
+            .collect();
+        for run in &runs {
+            run.lost.store(true, Ordering::SeqCst);
+            run.cancel.cancel();
+        }
+        runs
+    }
+}
+
 impl HubBackend for MemoryHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
         let shared = self.shared.clone();
@@ -412,6 +558,9 @@ impl HubBackend for MemoryHub {
                 cancel: CancellationToken::new(),
                 subscribers: AtomicUsize::new(0),
                 epoch: AtomicU64::new(0),
+                lost: AtomicBool::new(false),
+                mirror: false,
+                elsewhere: shared.elsewhere.clone(),
             });
             registry.runs.insert(run.meta.id.clone(), run.clone());
             registry.by_age.insert(ordinal, run.meta.id.clone());

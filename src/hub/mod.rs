@@ -13,6 +13,7 @@
 pub mod log;
 pub mod memory;
 pub mod record;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -202,6 +203,11 @@ pub trait HubBackend: Send + Sync + 'static {
     fn running(&self) -> usize;
     /// Runs of `owner` that are still running.
     fn running_for(&self, owner: &Viewer) -> usize;
+    /// The node stops: runs it cannot finish end (a shared hub writes
+    /// `error node_lost` for them, so other nodes' subscribers see an end).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The handle the HTTP layer holds: cheap to clone, shared by all requests.
@@ -248,6 +254,10 @@ impl Hub {
 
     pub fn running_for(&self, owner: &Viewer) -> usize {
         self.backend.running_for(owner)
+    }
+
+    pub async fn shutdown(&self) {
+        self.backend.shutdown().await;
     }
 }
 

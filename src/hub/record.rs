@@ -143,6 +143,11 @@ impl Recorder {
         )
     }
 
+    /// The terminal event of a run whose node stopped before it finished.
+    pub fn node_lost(&mut self) -> Entry {
+        self.error(NODE_LOST, NODE_LOST_MESSAGE)
+    }
+
     /// The terminal event of an agent that panicked.
     pub fn panicked(&mut self) -> Entry {
         self.error("agent_panicked", "the agent failed unexpectedly")
@@ -204,6 +209,10 @@ impl Recorder {
         sse::encode(self.run_id.as_str(), self.seq, event, data)
     }
 }
+
+/// The `error` code of a run whose node stopped or died before it finished.
+pub const NODE_LOST: &str = "node_lost";
+pub const NODE_LOST_MESSAGE: &str = "the node running this run stopped before it finished";
 
 /// Event names only Sluice itself may emit.
 const RESERVED: &[&str] = &["run", "token", "done", "error"];

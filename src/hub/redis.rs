@@ -1,0 +1,967 @@
+//! The shared hub: Redis Streams, so that several nodes serve the same runs.
+//!
+//! A run executes on the node that started it, in that node's
+//! [`MemoryHub`]: its local subscribers read the local log as usual. A
+//! replicator task per run appends the run's frames, as encoded once, to
+//! the run's Redis stream (`XADD` with explicit ids `{seq}-0`, pipelined,
+//! whatever is ready at once), and its metadata to a hash. A node asked for
+//! a run it does not drive loads the retained frames into a local mirror
+//! and follows the stream with `XREAD BLOCK` on a connection of its own
+//! (a blocking read on the shared connection would stall every other
+//! command); its subscribers then read the mirror like any local run.
+//!
+//! Keys (all under `sluice:`): `run:{id}` (hash), `run:{id}:ev` (stream),
+//! `run:{id}:watch` (hash: subscribers per node), `runs` (sorted set by
+//! creation time), `running` (set), `node:{node}` (the node's lease),
+//! `gone:{id}` (an evicted run's owner, for `410`), and the pub/sub channel
+//! `cancel`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use tokio_util::task::TaskTracker;
+
+use super::memory::{Elsewhere, MemoryHub, Run};
+use super::record::{Entry, RunEnd, NODE_LOST, NODE_LOST_MESSAGE};
+use super::{
+    rfc3339, Cancelled, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot, RunStatus, Seq,
+    Viewer,
+};
+use crate::agent::AgentStream;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::sse;
+
+/// A run's stream keeps at most about this many events (`MAXLEN ~`).
+const MAX_EVENTS: usize = 1_000_000;
+/// Frames sent in one pipeline at most.
+const BATCH: usize = 1_000;
+/// How long one `XREAD BLOCK` waits before it looks again.
+const BLOCK_MS: u64 = 5_000;
+/// The longest wait between attempts while Redis is unreachable.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a request waits for Redis before answering 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `DELETE` of a run on another node waits for its terminal event.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// How long an evicted run's id answers `410` rather than `404`.
+const GONE_SECS: u64 = 24 * 60 * 60;
+const CANCEL_CHANNEL: &str = "sluice:cancel";
+const RUNS: &str = "sluice:runs";
+const RUNNING: &str = "sluice:running";
+
+fn run_key(id: &RunId) -> String {
+    format!("sluice:run:{id}")
+}
+
+fn events_key(id: &RunId) -> String {
+    format!("sluice:run:{id}:ev")
+}
+
+fn watch_key(id: &RunId) -> String {
+    format!("sluice:run:{id}:watch")
+}
+
+fn gone_key(id: &RunId) -> String {
+    format!("sluice:gone:{id}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("sluice:node:{node}")
+}
+
+/// How an owner is stored: empty when auth is off, `k:{name}` otherwise.
+fn owner_field(owner: &Viewer) -> String {
+    owner
+        .as_ref()
+        .map_or_else(String::new, |name| format!("k:{name}"))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> HubError {
+    HubError::Unavailable(format!("the shared hub (Redis) is unreachable: {e}"))
+}
+
+/// Runs `command` against Redis, or fails with `Unavailable` in bounded time.
+async fn bounded<T>(
+    command: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, HubError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, command).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable("no answer in time")),
+    }
+}
+
+fn status_name(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "running",
+        RunStatus::Done => "done",
+        RunStatus::Error => "error",
+        RunStatus::Cancelled => "cancelled",
+    }
+}
+
+fn parse_status(name: &str) -> RunStatus {
+    match name {
+        "done" => RunStatus::Done,
+        "error" => RunStatus::Error,
+        "cancelled" => RunStatus::Cancelled,
+        _ => RunStatus::Running,
+    }
+}
+
+/// An event's name and data line, read back from its frame.
+fn frame_parts(frame: &[u8]) -> (Option<&str>, Option<&str>) {
+    let text = std::str::from_utf8(frame).unwrap_or_default();
+    let mut name = None;
+    let mut data = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("event: ") {
+            name = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("data: ") {
+            data = Some(rest);
+        }
+    }
+    (name, data)
+}
+
+/// A frame from Redis as a log entry: its token text, and how the run
+/// ended if it is the terminal event.
+fn entry_of(frame: Bytes) -> Entry {
+    let (name, data) = frame_parts(&frame);
+    let data: Value = data
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let end = |status, usage| {
+        Some(RunEnd {
+            status,
+            usage,
+            ttft: None,
+            duration: Duration::ZERO,
+        })
+    };
+    let (token, end) = match name {
+        Some("token") => (data["text"].as_str().map(str::to_owned), None),
+        Some("done") => {
+            let status = if data["finish_reason"] == "cancelled" {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Done
+            };
+            (None, end(status, data["usage"].clone()))
+        }
+        Some("error") => (None, end(RunStatus::Error, json!({}))),
+        _ => (None, None),
+    };
+    Entry { frame, token, end }
+}
+
+/// `{seq}-0` back to `seq`.
+fn seq_of(entry_id: &str) -> Seq {
+    entry_id
+        .split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+type StreamEntries = Vec<(String, Vec<Vec<u8>>)>;
+
+/// The frames of stream entries (`f` fields), with their seqs.
+fn frames_of(entries: StreamEntries) -> Vec<(Seq, Bytes)> {
+    entries
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                if name == b"f" {
+                    return Some((seq_of(&id), Bytes::from(value)));
+                }
+            }
+            None
+        })
+        .collect()
+}
+
+/// The [`HubBackend`] shared by several nodes through Redis.
+#[derive(Clone)]
+pub struct RedisHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: MemoryHub,
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// This process's random name, under which it holds its lease.
+    node: String,
+    lease: Duration,
+    retention: Duration,
+    /// Replicators and followers, so shutdown can wait for the last frames.
+    tasks: TaskTracker,
+}
+
+impl RedisHub {
+    /// Connects to `config.hub.url` and starts this node's lease, its
+    /// cancel listener and its watch for runs of dead nodes.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, HubError> {
+        let client = redis::Client::open(config.hub.url.as_str()).map_err(unavailable)?;
+        let conn = bounded(ConnectionManager::new(client.clone())).await?;
+        let node = RunId::generate()?.to_string();
+        let lease = Duration::from_secs(config.hub.lease_secs.max(1));
+        let watchers = Arc::new(std::sync::OnceLock::<std::sync::Weak<Inner>>::new());
+        let asks = watchers.clone();
+        let elsewhere: Elsewhere = Arc::new(move |id: RunId| {
+            let inner = asks.get().and_then(std::sync::Weak::upgrade);
+            async move {
+                match inner {
+                    Some(inner) => inner.watched_elsewhere(&id).await,
+                    None => false,
+                }
+            }
+            .boxed()
+        });
+        let local = MemoryHub::with_elsewhere(&config.runs, metrics, Some(elsewhere));
+        let inner = Arc::new(Inner {
+            local,
+            client,
+            conn,
+            node,
+            lease,
+            retention: config.runs.retention(),
+            tasks: TaskTracker::new(),
+        });
+        let _ = watchers.set(Arc::downgrade(&inner));
+        inner.renew_lease().await?;
+        tokio::spawn(keep_lease(Arc::downgrade(&inner)));
+        tokio::spawn(listen_for_cancels(Arc::downgrade(&inner)));
+        tokio::spawn(reap_lost_runs(Arc::downgrade(&inner)));
+        tracing::info!(node = %inner.node, url = %config.hub.url, "shared hub: Redis");
+        Ok(Self { inner })
+    }
+}
+
+impl Inner {
+    async fn renew_lease(&self) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let millis = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        bounded(conn.pset_ex::<_, _, ()>(node_key(&self.node), 1, millis)).await
+    }
+
+    /// Whether subscribers on other, live nodes watch run `id`. On Redis
+    /// trouble the answer is yes: a run is not cancelled for an outage.
+    async fn watched_elsewhere(&self, id: &RunId) -> bool {
+        let mut conn = self.conn.clone();
+        let Ok(counts) = bounded(conn.hgetall::<_, HashMap<String, i64>>(watch_key(id))).await
+        else {
+            return true;
+        };
+        for (node, count) in counts {
+            if node == self.node || count <= 0 {
+                continue;
+            }
+            match bounded(conn.exists::<_, bool>(node_key(&node))).await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// The run's metadata from Redis, if `viewer` may see it.
+    async fn load_meta(&self, id: &RunId, viewer: &Viewer) -> Result<Stored, HubError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = bounded(conn.hgetall(run_key(id))).await?;
+        if fields.is_empty() {
+            let gone: Option<String> = bounded(conn.get(gone_key(id))).await?;
+            return Err(match gone {
+                Some(owner) if owner == owner_field(viewer) => HubError::Gone,
+                _ => HubError::NotFound,
+            });
+        }
+        let stored = Stored::from_fields(id, fields);
+        if stored.owner != owner_field(viewer) {
+            return Err(HubError::NotFound);
+        }
+        Ok(stored)
+    }
+
+    /// Subscribers of mirrored runs on this node, as other nodes see them.
+    async fn count_watcher(&self, id: &RunId, by: i64) {
+        let mut conn = self.conn.clone();
+        let key = watch_key(id);
+        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        let _ = bounded(
+            redis::pipe()
+                .hincr(&key, &self.node, by)
+                .ignore()
+                .expire(&key, secs.max(60))
+                .ignore()
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+
+    /// A local copy of a run another node drives: its retained frames now,
+    /// then a follower for the rest.
+    async fn mirror(self: &Arc<Self>, stored: Stored) -> Result<Arc<Run>, HubError> {
+        let id = stored.meta.id.clone();
+        let mut conn = self.conn.clone();
+        let entries: StreamEntries = bounded(
+            redis::cmd("XRANGE")
+                .arg(events_key(&id))
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn),
+        )
+        .await?;
+        let frames = frames_of(entries);
+        if frames.first().is_some_and(|(seq, _)| *seq != 1) {
+            // The stream was trimmed: its start is no longer retained.
+            return Err(HubError::Gone);
+        }
+        let last = frames.last().map_or(0, |(seq, _)| *seq);
+        let entries: Vec<Entry> = frames.into_iter().map(|(_, f)| entry_of(f)).collect();
+        let ended = entries.last().is_some_and(|e| e.end.is_some());
+        let (run, created) = self.local.insert_mirror(stored.meta, entries);
+        if created {
+            if ended {
+                self.local.mirror_finished(&run);
+            } else {
+                self.tasks
+                    .spawn(follow(Arc::downgrade(self), run.clone(), last));
+            }
+        }
+        Ok(run)
+    }
+}
+
+/// A run as Redis holds it.
+struct Stored {
+    meta: RunMeta,
+    owner: String,
+    status: RunStatus,
+    finished: Option<String>,
+    usage: Option<Value>,
+}
+
+impl Stored {
+    fn from_fields(id: &RunId, mut fields: HashMap<String, String>) -> Self {
+        let mut take = |name: &str| fields.remove(name).unwrap_or_default();
+        let owner = take("owner");
+        let created_ms: u64 = take("created_ms").parse().unwrap_or(0);
+        let finished = Some(take("finished")).filter(|f| !f.is_empty());
+        let usage = serde_json::from_str(&take("usage")).ok();
+        Self {
+            meta: RunMeta {
+                id: id.clone(),
+                agent: take("agent"),
+                prompt: take("prompt"),
+                created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
+                cancel_on_disconnect: take("cod") == "1",
+                owner: owner.strip_prefix("k:").map(str::to_owned),
+            },
+            owner,
+            status: parse_status(&take("status")),
+            finished,
+            usage,
+        }
+    }
+
+    fn snapshot(self, events: u64, text: Option<String>) -> RunSnapshot {
+        RunSnapshot {
+            id: self.meta.id,
+            agent: self.meta.agent,
+            prompt: self.meta.prompt,
+            status: self.status,
+            created_at: rfc3339(self.meta.created_at),
+            finished_at: self.finished,
+            events,
+            text,
+            usage: self.usage,
+        }
+    }
+}
+
+/// Appends a run's frames to its Redis stream as they are logged here, and
+/// its end to its hash. On Redis trouble it waits and resumes from what
+/// Redis last acknowledged; the frames stay in the local log meanwhile.
+async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
+    let id = run.meta().id.clone();
+    let (run_key, events_key) = (run_key(&id), events_key(&id));
+    let mut changed = run.log().watch();
+    let mut conn = inner.conn.clone();
+    let mut cursor = 0usize;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (frames, last) = run.log().frames(cursor, BATCH);
+        if frames.is_empty() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        for (i, frame) in frames.iter().enumerate() {
+            pipe.cmd("XADD")
+                .arg(&events_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_EVENTS)
+                .arg(format!("{}-0", cursor + i + 1))
+                .arg("f")
+                .arg(frame.as_ref())
+                .ignore();
+        }
+        if last {
+            let summary = run.log().summary(false);
+            let secs = i64::try_from(inner.retention.as_secs()).unwrap_or(i64::MAX);
+            let usage = summary.usage.map(|u| u.to_string()).unwrap_or_default();
+            pipe.hset_multiple(
+                &run_key,
+                &[
+                    ("status", status_name(summary.status).to_owned()),
+                    (
+                        "finished",
+                        summary.finished_at.map(rfc3339).unwrap_or_default(),
+                    ),
+                    ("usage", usage),
+                ],
+            )
+            .ignore()
+            .srem(RUNNING, id.as_str())
+            .ignore()
+            .expire(&run_key, secs)
+            .ignore()
+            .expire(&events_key, secs)
+            .ignore()
+            .set_ex(
+                gone_key(&id),
+                owner_field(&run.meta().owner),
+                inner.retention.as_secs() + GONE_SECS,
+            )
+            .ignore();
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                cursor += frames.len();
+                backoff = Duration::from_millis(100);
+                if last {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %id, "cannot write to Redis, retrying: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                // Some of the batch may have landed: go on from what Redis has.
+                if let Ok(seq) = last_seq(&mut conn, &events_key).await {
+                    cursor = usize::try_from(seq).unwrap_or(cursor);
+                }
+            }
+        }
+    }
+}
+
+/// The seq of the newest entry of a stream (0 when it has none).
+async fn last_seq(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<Seq> {
+    let newest: StreamEntries = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(newest.first().map_or(0, |(id, _)| seq_of(id)))
+}
+
+/// Feeds a mirror from its run's stream, after event `last`, until the
+/// terminal event, on a connection of its own.
+async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
+    let id = run.meta().id.clone();
+    let key = events_key(&id);
+    let mut backoff = Duration::from_millis(100);
+    let mut conn = None;
+    loop {
+        let Some(hub) = inner.upgrade() else {
+            return;
+        };
+        if conn.is_none() {
+            match hub.client.get_multiplexed_async_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(run_id = %id, "cannot follow the run yet: {e}");
+                    drop(hub);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        drop(hub);
+        let Some(c) = conn.as_mut() else {
+            continue;
+        };
+        let read: redis::RedisResult<Option<Vec<(String, StreamEntries)>>> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(format!("{last}-0"))
+            .query_async(c)
+            .await;
+        match read {
+            Ok(streams) => {
+                backoff = Duration::from_millis(100);
+                for (_, entries) in streams.unwrap_or_default() {
+                    for (seq, frame) in frames_of(entries) {
+                        if seq != last + 1 {
+                            continue;
+                        }
+                        last = seq;
+                        let entry = entry_of(frame);
+                        let end = entry.end.is_some();
+                        run.log().append(entry);
+                        if end {
+                            if let Some(hub) = inner.upgrade() {
+                                hub.local.mirror_finished(&run);
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(run_id = %id, "following the run: {e}");
+                conn = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn keep_lease(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(hub) = inner.upgrade() else {
+            return;
+        };
+        let every = hub.lease / 3;
+        if let Err(e) = hub.renew_lease().await {
+            tracing::warn!("cannot renew this node's lease: {e}");
+        }
+        drop(hub);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Cancels runs of this node that a `DELETE` on any node asked to cancel.
+async fn listen_for_cancels(inner: std::sync::Weak<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(client) = inner.upgrade().map(|hub| hub.client.clone()) else {
+            return;
+        };
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                tracing::debug!("cannot listen for cancels yet: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if pubsub.subscribe(CANCEL_CHANNEL).await.is_err() {
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let Some(hub) = inner.upgrade() else {
+                return;
+            };
+            let Some(id) = message
+                .get_payload::<String>()
+                .ok()
+                .and_then(|p| RunId::parse(&p))
+            else {
+                continue;
+            };
+            if let Some(run) = hub.local.local(&id).filter(|run| !run.is_mirror()) {
+                let owner = run.meta().owner.clone();
+                let local = hub.local.clone();
+                tokio::spawn(async move {
+                    let _ = local.cancel(id, owner).await;
+                });
+            }
+        }
+    }
+}
+
+/// Ends with `error node_lost` the runs whose node's lease has expired:
+/// every node looks, the first to claim a run writes its end.
+async fn reap_lost_runs(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(hub) = inner.upgrade() else {
+            return;
+        };
+        let every = (hub.lease / 2).max(Duration::from_millis(500));
+        if let Err(e) = hub.reap_once().await {
+            tracing::debug!("looking for runs of lost nodes: {e}");
+        }
+        drop(hub);
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Inner {
+    async fn reap_once(&self) -> Result<(), HubError> {
+        let mut conn = self.conn.clone();
+        let running: Vec<String> = bounded(conn.smembers(RUNNING)).await?;
+        for id in running.iter().filter_map(|id| RunId::parse(id)) {
+            let node: Option<String> = bounded(conn.hget(run_key(&id), "node")).await?;
+            let Some(node) = node else {
+                let _: () = bounded(conn.srem(RUNNING, id.as_str())).await?;
+                continue;
+            };
+            if node == self.node || bounded(conn.exists::<_, bool>(node_key(&node))).await? {
+                continue;
+            }
+            let claim: Option<String> = bounded(
+                redis::cmd("SET")
+                    .arg(format!("sluice:run:{id}:reaped"))
+                    .arg(&self.node)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(60)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            if claim.is_none() {
+                continue;
+            }
+            let events_key = events_key(&id);
+            let seq = bounded(last_seq(&mut conn, &events_key)).await? + 1;
+            let frame = sse::encode(
+                id.as_str(),
+                seq,
+                "error",
+                &json!({"code": NODE_LOST, "message": NODE_LOST_MESSAGE}),
+            );
+            let owner: Option<String> = bounded(conn.hget(run_key(&id), "owner")).await?;
+            let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+            tracing::warn!(run_id = %id, node = %node, "the run's node is gone: ending it with node_lost");
+            bounded(
+                redis::pipe()
+                    .cmd("XADD")
+                    .arg(&events_key)
+                    .arg(format!("{seq}-0"))
+                    .arg("f")
+                    .arg(frame.as_ref())
+                    .ignore()
+                    .hset_multiple(
+                        run_key(&id),
+                        &[
+                            ("status", "error".to_owned()),
+                            ("finished", rfc3339(SystemTime::now())),
+                            ("usage", "{}".to_owned()),
+                        ],
+                    )
+                    .ignore()
+                    .srem(RUNNING, id.as_str())
+                    .ignore()
+                    .expire(run_key(&id), secs)
+                    .ignore()
+                    .expire(&events_key, secs)
+                    .ignore()
+                    .set_ex(
+                        gone_key(&id),
+                        owner.unwrap_or_default(),
+                        self.retention.as_secs() + GONE_SECS,
+                    )
+                    .ignore()
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl HubBackend for RedisHub {
+    fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
+        async move {
+            let inner = &self.inner;
+            let mut conn = inner.conn.clone();
+            let created_ms = meta
+                .created_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let id = meta.id.clone();
+            // Known to every node before its first event, or not started:
+            // with Redis down, new runs are refused.
+            bounded(
+                redis::pipe()
+                    .hset_multiple(
+                        run_key(&id),
+                        &[
+                            ("agent", meta.agent.clone()),
+                            ("prompt", meta.prompt.clone()),
+                            ("owner", owner_field(&meta.owner)),
+                            ("created_ms", created_ms.to_string()),
+                            ("node", inner.node.clone()),
+                            (
+                                "cod",
+                                if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+                            ),
+                            ("status", "running".to_owned()),
+                        ],
+                    )
+                    .ignore()
+                    .zadd(RUNS, id.as_str(), created_ms as f64)
+                    .ignore()
+                    .sadd(RUNNING, id.as_str())
+                    .ignore()
+                    .query_async::<()>(&mut conn),
+            )
+            .await?;
+            inner.local.start(meta, events).await?;
+            if let Some(run) = inner.local.local(&id) {
+                inner.tasks.spawn(replicate(inner.clone(), run));
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn subscribe(
+        &self,
+        id: RunId,
+        after: Seq,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Resume, HubError>> {
+        async move {
+            let inner = &self.inner;
+            let run = match inner.local.local(&id) {
+                Some(run) => run,
+                None => {
+                    let stored = inner.load_meta(&id, &viewer).await?;
+                    inner.mirror(stored).await?
+                }
+            };
+            let resume = inner.local.subscribe(id.clone(), after, viewer).await?;
+            let Resume::Events(events) = resume else {
+                return Ok(resume);
+            };
+            if !run.is_mirror() || run.log().status() != RunStatus::Running {
+                return Ok(Resume::Events(events));
+            }
+            // Count this subscriber where the run's owner can see it.
+            inner.count_watcher(&id, 1).await;
+            let guard = WatchGuard {
+                inner: inner.clone(),
+                id,
+            };
+            Ok(Resume::Events(
+                events
+                    .map(move |chunk| {
+                        let _ = &guard;
+                        chunk
+                    })
+                    .boxed(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn snapshot(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {
+        async move {
+            let inner = &self.inner;
+            // A mirror's own end time is when it learnt of the end: the
+            // owner's record is the one to show.
+            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
+                return inner.local.snapshot(id, viewer).await;
+            }
+            let stored = inner.load_meta(&id, &viewer).await?;
+            let mut conn = inner.conn.clone();
+            let entries: StreamEntries = bounded(
+                redis::cmd("XRANGE")
+                    .arg(events_key(&id))
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let frames = frames_of(entries);
+            let events = frames.last().map_or(0, |(seq, _)| *seq);
+            let text: String = frames
+                .into_iter()
+                .filter_map(|(_, frame)| entry_of(frame).token)
+                .collect();
+            Ok(stored.snapshot(events, Some(text)))
+        }
+        .boxed()
+    }
+
+    fn list(
+        &self,
+        limit: usize,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>> {
+        async move {
+            let inner = &self.inner;
+            let mut conn = inner.conn.clone();
+            let owner = owner_field(&viewer);
+            let mut runs = Vec::new();
+            let mut start = 0isize;
+            let page = isize::try_from(limit.max(1) * 2).unwrap_or(1000);
+            while runs.len() < limit {
+                let ids: Vec<String> =
+                    bounded(conn.zrevrange(RUNS, start, start + page - 1)).await?;
+                if ids.is_empty() {
+                    break;
+                }
+                start += page;
+                let ids: Vec<RunId> = ids.iter().filter_map(|id| RunId::parse(id)).collect();
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.hgetall(run_key(id)).cmd("XLEN").arg(events_key(id));
+                }
+                let answers: Vec<(HashMap<String, String>, u64)> =
+                    bounded(pipe.query_async(&mut conn)).await?;
+                for (id, (fields, events)) in ids.iter().zip(answers) {
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    let stored = Stored::from_fields(id, fields);
+                    if stored.owner == owner && runs.len() < limit {
+                        runs.push(stored.snapshot(events, None));
+                    }
+                }
+            }
+            Ok(runs)
+        }
+        .boxed()
+    }
+
+    fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>> {
+        async move {
+            let inner = &self.inner;
+            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
+                return inner.local.cancel(id, viewer).await;
+            }
+            let stored = inner.load_meta(&id, &viewer).await?;
+            if stored.status != RunStatus::Running {
+                return Ok(Cancelled::AlreadyFinished(stored.status));
+            }
+            let mut conn = inner.conn.clone();
+            bounded(conn.publish::<_, _, ()>(CANCEL_CHANNEL, id.as_str())).await?;
+            // Wait (briefly) for the owner to log the terminal event.
+            let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                let status: Option<String> = bounded(conn.hget(run_key(&id), "status")).await?;
+                if status.as_deref() != Some("running") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Cancelled::Now)
+        }
+        .boxed()
+    }
+
+    fn running(&self) -> usize {
+        self.inner.local.running()
+    }
+
+    fn running_for(&self, owner: &Viewer) -> usize {
+        self.inner.local.running_for(owner)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let inner = &self.inner;
+            let lost = inner.local.lose_running();
+            if !lost.is_empty() {
+                tracing::warn!(
+                    runs = lost.len(),
+                    "ending this node's unfinished runs with node_lost"
+                );
+            }
+            inner.tasks.close();
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, inner.tasks.wait()).await;
+            let mut conn = inner.conn.clone();
+            let _ = bounded(conn.del::<_, ()>(node_key(&inner.node))).await;
+        }
+        .boxed()
+    }
+}
+
+/// Uncounts a subscriber of a mirrored run when its stream is dropped.
+struct WatchGuard {
+    inner: Arc<Inner>,
+    id: RunId,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        let id = self.id.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inner.count_watcher(&id, -1).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_as_the_entries_they_were() {
+        let id = RunId::parse("r1").unwrap_or_else(|| unreachable!());
+        let token = entry_of(sse::encode(
+            id.as_str(),
+            2,
+            "token",
+            &json!({"text": " a\nb"}),
+        ));
+        assert_eq!(token.token.as_deref(), Some(" a\nb"));
+        assert!(token.end.is_none());
+        let done = entry_of(sse::encode(
+            id.as_str(),
+            3,
+            "done",
+            &json!({"finish_reason": "cancelled", "usage": {"output_tokens": 1}}),
+        ));
+        let end = done.end.unwrap_or_else(|| unreachable!());
+        assert_eq!(end.status, RunStatus::Cancelled);
+        assert_eq!(end.usage["output_tokens"], 1);
+        let lost = entry_of(sse::encode(
+            id.as_str(),
+            4,
+            "error",
+            &json!({"code": NODE_LOST}),
+        ));
+        assert_eq!(lost.end.map(|e| e.status), Some(RunStatus::Error));
+        assert_eq!(seq_of("17-0"), 17);
+    }
+
+    #[test]
+    fn owners_are_stored_so_that_no_key_name_looks_like_no_auth() {
+        assert_eq!(owner_field(&None), "");
+        assert_eq!(owner_field(&Some(String::new())), "k:");
+        assert_eq!(owner_field(&Some("ci".into())), "k:ci");
+    }
+}
