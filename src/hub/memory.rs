@@ -522,6 +522,14 @@ impl MemoryHub {
         }
     }
 
+    /// Ends one run this process drives with `error node_lost`.
+    pub fn lose(&self, id: &RunId) {
+        if let Some(run) = self.local(id).filter(|run| !run.mirror) {
+            run.lost.store(true, Ordering::SeqCst);
+            run.cancel.cancel();
+        }
+    }
+
     /// Ends every run this process drives with `error node_lost`, for a
     /// node that stops before they finish; returns them.
     pub fn lose_running(&self) -> Vec<Arc<Run>> {

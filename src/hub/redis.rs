@@ -213,7 +213,16 @@ impl RedisHub {
     /// cancel listener and its watch for runs of dead nodes.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, HubError> {
         let client = redis::Client::open(config.hub.url.as_str()).map_err(unavailable)?;
-        let conn = bounded(ConnectionManager::new(client.clone())).await?;
+        // Reconnects quickly after an outage, and never waits forever on a
+        // connection that died without saying so.
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_factor(100)
+            .set_exponent_base(2)
+            .set_max_delay(1_000)
+            .set_number_of_retries(3)
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(REQUEST_TIMEOUT);
+        let conn = bounded(ConnectionManager::new_with_config(client.clone(), manager)).await?;
         let node = RunId::generate()?.to_string();
         let lease = Duration::from_secs(config.hub.lease_secs.max(1));
         let watchers = Arc::new(std::sync::OnceLock::<std::sync::Weak<Inner>>::new());
@@ -465,6 +474,17 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
                 if let Ok(seq) = last_seq(&mut conn, &events_key).await {
                     cursor = usize::try_from(seq).unwrap_or(cursor);
                 }
+                // Another node ended the run (its lease looked lost): this
+                // node's copy ends the same way, and writes no more.
+                let status: redis::RedisResult<Option<String>> =
+                    conn.hget(&run_key, "status").await;
+                if let Ok(Some(status)) = status {
+                    if status != "running" {
+                        tracing::warn!(run_id = %id, "another node ended this run: stopping it here");
+                        inner.local.lose(&id);
+                        return;
+                    }
+                }
             }
         }
     }
@@ -610,14 +630,18 @@ async fn listen_for_cancels(inner: std::sync::Weak<Inner>) {
 }
 
 /// Ends with `error node_lost` the runs whose node's lease has expired:
-/// every node looks, the first to claim a run writes its end.
+/// every node looks, the first to claim a run writes its end. A node whose
+/// lease is missing gets one more lease period, as this node sees it,
+/// before its runs are ended: after a Redis outage, every lease is missing
+/// until its owner renews it.
 async fn reap_lost_runs(inner: std::sync::Weak<Inner>) {
+    let mut missing: HashMap<String, std::time::Instant> = HashMap::new();
     loop {
         let Some(hub) = inner.upgrade() else {
             return;
         };
         let every = (hub.lease / 2).max(Duration::from_millis(500));
-        if let Err(e) = hub.reap_once().await {
+        if let Err(e) = hub.reap_once(&mut missing).await {
             tracing::debug!("looking for runs of lost nodes: {e}");
         }
         drop(hub);
@@ -626,9 +650,14 @@ async fn reap_lost_runs(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
-    async fn reap_once(&self) -> Result<(), HubError> {
+    async fn reap_once(
+        &self,
+        missing: &mut HashMap<String, std::time::Instant>,
+    ) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
         let running: Vec<String> = bounded(conn.smembers(RUNNING)).await?;
+        let now = std::time::Instant::now();
+        let mut still_missing = HashMap::new();
         for id in running.iter().filter_map(|id| RunId::parse(id)) {
             let node: Option<String> = bounded(conn.hget(run_key(&id), "node")).await?;
             let Some(node) = node else {
@@ -636,6 +665,11 @@ impl Inner {
                 continue;
             };
             if node == self.node || bounded(conn.exists::<_, bool>(node_key(&node))).await? {
+                continue;
+            }
+            let since = *missing.get(&node).unwrap_or(&now);
+            still_missing.insert(node.clone(), since);
+            if now.duration_since(since) < self.lease {
                 continue;
             }
             let claim: Option<String> = bounded(
@@ -695,6 +729,7 @@ impl Inner {
             )
             .await?;
         }
+        *missing = still_missing;
         Ok(())
     }
 }

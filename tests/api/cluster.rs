@@ -1,0 +1,388 @@
+//! Several `sluice` nodes sharing one Redis (`[hub] backend = "redis"`): a
+//! real `redis-server` on a free port, the real binary twice, and a
+//! round-robin TCP proxy in front of them, as a load balancer would be.
+//!
+//! Under CI=true these tests fail when `redis-server` is missing
+//! (`scripts/test` installs it); elsewhere they skip loudly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+use crate::lifecycle::{serve_binary, Served};
+
+/// A `redis-server` of the test's own, with its data in a temporary folder
+/// and every write on disk before it is acknowledged.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// `None` (after a loud message) when redis-server is not installed
+    /// and this is not CI.
+    fn start() -> Option<Self> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: the cluster tests need redis-server (scripts/test installs it)"
+            );
+            eprintln!(
+                "\n*** SKIPPED: redis-server is not installed; the cluster tests did not run ***\n"
+            );
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.run();
+        Some(redis)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server cleanly (its data stays on disk).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A node on `redis`: leases of 2 s, a shutdown grace of 2 s.
+fn node(redis: &Redis) -> Served {
+    serve_binary(
+        &["--bind", "127.0.0.1:0"],
+        &[
+            ("SLUICE_HUB_BACKEND", "redis"),
+            ("SLUICE_HUB_URL", &redis.url()),
+            ("SLUICE_HUB_LEASE_SECS", "2"),
+            ("SLUICE_SERVER_SHUTDOWN_GRACE_SECS", "2"),
+        ],
+    )
+}
+
+fn addr_of(served: &Served) -> SocketAddr {
+    served.base.trim_start_matches("http://").parse().unwrap()
+}
+
+/// A TCP proxy that sends each new connection to the next of `backends`.
+async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let backend = backends[next.fetch_add(1, Ordering::SeqCst) % backends.len()];
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn create_run(base: &str, params: Value) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/runs"))
+        .json(&json!({"prompt": "cluster", "params": params}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads `url` (with `Last-Event-ID` when given) until it ends, or until
+/// `stop_after` events; also says whether a `retry:` field came.
+async fn read(url: &str, last_event_id: Option<&str>, stop_after: usize) -> (Vec<SseEvent>, bool) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET {url}");
+    let retry = std::sync::atomic::AtomicBool::new(false);
+    let mut stream = response
+        .bytes_stream()
+        .inspect(|chunk| {
+            if let Ok(bytes) = chunk {
+                if bytes.windows(6).any(|w| w == b"retry:") {
+                    retry.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+        .eventsource();
+    let mut events = Vec::new();
+    while let Some(Ok(event)) = stream.next().await {
+        if event.data.is_empty() && event.event == "message" {
+            continue;
+        }
+        events.push(parse(event));
+        if events.len() >= stop_after {
+            break;
+        }
+    }
+    drop(stream);
+    (events, retry.into_inner())
+}
+
+#[tokio::test]
+async fn a_run_on_one_node_streams_resumes_lists_and_cancels_through_the_other() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let proxy = round_robin(vec![addr_of(&a), addr_of(&b)]).await;
+
+    // A run started on A, read whole from B.
+    let id = create_run(&a.base, json!({"tokens": 30, "interval_ms": 20})).await;
+    let (events, _) = read(
+        &format!("{}/api/runs/{id}/events", b.base),
+        None,
+        usize::MAX,
+    )
+    .await;
+    assert_contiguous(&events, 1);
+    assert_eq!(events.len(), 32);
+    assert_eq!(events.last().unwrap().event, "done");
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{id}", a.base)).await;
+    assert_eq!(snapshot["text"].as_str().unwrap(), text_of(&events));
+
+    // A one-shot stream through the balancer, cut after 10 events, resumed
+    // by the next connection, which the balancer sends to the other node.
+    let one_shot = format!("http://{proxy}/api/agent/stream?prompt=lb&tokens=40&interval_ms=30");
+    let (first, _) = read(&one_shot, None, 10).await;
+    let last_id = first.last().unwrap().id.clone();
+    let (rest, _) = read(&one_shot, Some(&last_id), usize::MAX).await;
+    let mut all = first.clone();
+    all.extend(rest);
+    let run = assert_contiguous(&all, 1);
+    assert_eq!(all.len(), 42, "one run, no gap, no duplicate");
+    assert_eq!(all.last().unwrap().event, "done");
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{run}", b.base)).await;
+    assert_eq!(snapshot["text"].as_str().unwrap(), text_of(&all));
+
+    // Both nodes list the same runs: exactly the two started.
+    for base in [&a.base, &b.base] {
+        let (status, list) = get_json(&format!("{base}/api/runs")).await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec![run.as_str(), id.as_str()], "from {base}");
+    }
+
+    // A cancel sent to B reaches the run on A.
+    let long = create_run(&a.base, json!({"tokens": 1000, "interval_ms": 20})).await;
+    let watcher = tokio::spawn({
+        let url = format!("{}/api/runs/{long}/events", a.base);
+        async move { read(&url, None, usize::MAX).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = reqwest::Client::new()
+        .delete(format!("{}/api/runs/{long}", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "cancelled");
+    let seen = tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    let end = seen.last().unwrap();
+    assert_eq!(end.event, "done");
+    assert_eq!(end.data["finish_reason"], "cancelled");
+    assert_contiguous(&seen, 1);
+}
+
+#[tokio::test]
+async fn when_the_owner_is_killed_its_runs_end_with_node_lost_everywhere() {
+    let Some(redis) = Redis::start() else { return };
+    let (mut a, b) = (node(&redis), node(&redis));
+    let id = create_run(&a.base, json!({"tokens": 1000, "interval_ms": 20})).await;
+    let watcher = tokio::spawn({
+        let url = format!("{}/api/runs/{id}/events", b.base);
+        async move { read(&url, None, usize::MAX).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let killed = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the subscriber on B gets an end")
+        .unwrap();
+    assert_contiguous(&seen, 1);
+    let end = seen.last().unwrap();
+    assert_eq!(end.event, "error");
+    assert_eq!(end.data["code"], "node_lost");
+    assert!(
+        killed.elapsed() < Duration::from_secs(6),
+        "node_lost once the 2 s lease expired, not later: {:?}",
+        killed.elapsed()
+    );
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{id}", b.base)).await;
+    assert_eq!(snapshot["status"], "error");
+    assert_eq!(snapshot["events"], seen.len());
+}
+
+#[tokio::test]
+async fn clients_of_a_stopping_node_resume_on_the_other() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let url = format!(
+        "{}/api/agent/stream?prompt=stop&tokens=1000&interval_ms=20",
+        a.base
+    );
+    let reader = tokio::spawn(async move { read(&url, None, usize::MAX).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (before, retry) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(retry, "the stopping node tells its client to reconnect");
+    assert!(
+        before
+            .iter()
+            .all(|e| e.event == "run" || e.event == "token"),
+        "no terminal event before the node went away"
+    );
+    // The client reconnects, here to B, and resumes where it was.
+    let last_id = before.last().unwrap().id.clone();
+    let run = last_id.rsplit_once(':').unwrap().0.to_owned();
+    let (after, _) = read(
+        &format!("{}/api/runs/{run}/events", b.base),
+        Some(&last_id),
+        usize::MAX,
+    )
+    .await;
+    let mut all = before.clone();
+    all.extend(after);
+    assert_contiguous(&all, 1);
+    let end = all.last().unwrap();
+    assert_eq!(
+        end.event, "error",
+        "the run could not finish within the grace"
+    );
+    assert_eq!(end.data["code"], "node_lost");
+    drop(a);
+}
+
+#[tokio::test]
+async fn a_redis_restart_mid_run_loses_nothing_and_refuses_new_runs_meanwhile() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let (a, b) = (node(&redis), node(&redis));
+    let id = create_run(&a.base, json!({"tokens": 150, "interval_ms": 20})).await;
+    let watcher = tokio::spawn({
+        let url = format!("{}/api/runs/{id}/events", b.base);
+        async move { read(&url, None, usize::MAX).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.stop();
+    // While Redis is down, a new run is refused with a clear error.
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/runs", a.base))
+        .json(&json!({"prompt": "down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "hub_unavailable", "{body}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.run();
+    let seen = tokio::time::timeout(Duration::from_secs(20), watcher)
+        .await
+        .expect("the run completes on B after the restart")
+        .unwrap();
+    assert_contiguous(&seen, 1);
+    assert_eq!(seen.len(), 152, "every event, once");
+    assert_eq!(seen.last().unwrap().event, "done");
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{id}", a.base)).await;
+    assert_eq!(snapshot["text"].as_str().unwrap(), text_of(&seen));
+    // And new runs work again.
+    create_run(&a.base, json!({"tokens": 1})).await;
+}
