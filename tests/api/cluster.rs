@@ -112,7 +112,8 @@ impl Drop for Redis {
     }
 }
 
-/// A node on `redis`: leases of 2 s, a shutdown grace of 2 s.
+/// A node on `redis`: leases of 2 s, a shutdown grace of 2 s, a
+/// disconnect grace of 1 s.
 fn node(redis: &Redis) -> Served {
     serve_binary(
         &["--bind", "127.0.0.1:0"],
@@ -121,6 +122,7 @@ fn node(redis: &Redis) -> Served {
             ("SLUICE_HUB_URL", &redis.url()),
             ("SLUICE_HUB_LEASE_SECS", "2"),
             ("SLUICE_SERVER_SHUTDOWN_GRACE_SECS", "2"),
+            ("SLUICE_RUNS_DISCONNECT_GRACE_SECS", "1"),
         ],
     )
 }
@@ -385,4 +387,52 @@ async fn a_redis_restart_mid_run_loses_nothing_and_refuses_new_runs_meanwhile() 
     assert_eq!(snapshot["text"].as_str().unwrap(), text_of(&seen));
     // And new runs work again.
     create_run(&a.base, json!({"tokens": 1})).await;
+}
+
+#[tokio::test]
+async fn the_disconnect_grace_counts_subscribers_on_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    // A one-shot run on A, whose client leaves A and comes back on B: the
+    // run goes on past A's 1 s grace, to its natural end.
+    let url = format!(
+        "{}/api/agent/stream?prompt=move&tokens=60&interval_ms=50",
+        a.base
+    );
+    let (first, _) = read(&url, None, 3).await;
+    let last_id = first.last().unwrap().id.clone();
+    let run = last_id.rsplit_once(':').unwrap().0.to_owned();
+    let (rest, _) = read(
+        &format!("{}/api/runs/{run}/events", b.base),
+        Some(&last_id),
+        usize::MAX,
+    )
+    .await;
+    let mut all = first.clone();
+    all.extend(rest);
+    assert_contiguous(&all, 1);
+    let end = all.last().unwrap();
+    assert_eq!(end.event, "done");
+    assert_eq!(
+        end.data["finish_reason"], "stop",
+        "not cancelled: B's subscriber counted"
+    );
+    assert_eq!(all.len(), 62);
+
+    // One whose client leaves for good is cancelled after the grace.
+    let url = format!(
+        "{}/api/agent/stream?prompt=leave&tokens=200&interval_ms=50",
+        a.base
+    );
+    let (first, _) = read(&url, None, 3).await;
+    let run = first[0].id.rsplit_once(':').unwrap().0.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, snapshot) = get_json(&format!("{}/api/runs/{run}", b.base)).await;
+        if snapshot["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {snapshot}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
