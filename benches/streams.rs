@@ -51,6 +51,28 @@ struct Server {
     addr: SocketAddr,
     /// The server's executable name, as `/proc/PID/comm` shows it.
     name: String,
+    /// More nodes of the same deployment: clients are spread over all
+    /// nodes, and their CPU and memory count too.
+    peers: Vec<Server>,
+    /// The Redis that the nodes share, counted too.
+    redis: Option<Child>,
+}
+
+impl Server {
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        pids.extend(self.peers.iter().map(|p| p.child.id()));
+        pids.extend(self.redis.as_ref().map(Child::id));
+        pids
+    }
+
+    /// Where the `i`-th client connects: the nodes in turn.
+    fn addr_for(&self, i: usize) -> SocketAddr {
+        match i % (self.peers.len() + 1) {
+            0 => self.addr,
+            n => self.peers[n - 1].addr,
+        }
+    }
 }
 
 impl Drop for Server {
@@ -80,6 +102,10 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(redis) = self.redis.as_mut() {
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
     }
 }
 
@@ -91,13 +117,20 @@ enum Target {
     AxumMinimal,
     /// `benches/compare/nextjs`: a Next.js App Router route handler.
     NextJs,
+    /// Two Sluice nodes sharing a Redis hub, clients spread over both.
+    SluiceRedis,
 }
 
 impl Target {
     fn parse(name: &str) -> Option<Self> {
-        [Self::Sluice, Self::AxumMinimal, Self::NextJs]
-            .into_iter()
-            .find(|t| t.name() == name)
+        [
+            Self::Sluice,
+            Self::AxumMinimal,
+            Self::NextJs,
+            Self::SluiceRedis,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
     }
 
     fn name(self) -> &'static str {
@@ -105,13 +138,56 @@ impl Target {
             Self::Sluice => "sluice",
             Self::AxumMinimal => "axum-minimal",
             Self::NextJs => "nextjs",
+            Self::SluiceRedis => "sluice-redis-2-nodes",
         }
     }
 }
 
+/// Two Sluice nodes on a Redis of their own (a free port, no persistence).
+fn start_cluster() -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"));
+    let mut command = Command::new("taskset");
+    if Command::new("taskset").arg("-V").output().is_err() {
+        command = Command::new("redis-server");
+    } else {
+        command.args(["-c", "0", "redis-server"]);
+    }
+    let redis = command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("redis://127.0.0.1:{port}");
+    let env = [
+        ("SLUICE_HUB_BACKEND", "redis"),
+        ("SLUICE_HUB_URL", url.as_str()),
+    ];
+    let mut first = start_server_with(Target::Sluice, &env);
+    first.peers.push(start_server_with(Target::Sluice, &env));
+    first.redis = Some(redis);
+    first
+}
+
 fn start_server(target: Target) -> Server {
+    match target {
+        Target::SluiceRedis => start_cluster(),
+        _ => start_server_with(target, &[]),
+    }
+}
+
+fn start_server_with(target: Target, env: &[(&str, &str)]) -> Server {
     let (binary, args): (String, Vec<&str>) = match target {
-        Target::Sluice => (
+        Target::Sluice | Target::SluiceRedis => (
             env!("CARGO_BIN_EXE_sluice").to_owned(),
             vec!["serve", "--bind", "127.0.0.1:0"],
         ),
@@ -171,6 +247,7 @@ fn start_server(target: Target) -> Server {
         .current_dir(dir)
         .args(args)
         .env("SLUICE_RUNS_RETENTION_SECS", "30")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -196,7 +273,13 @@ fn start_server(target: Target) -> Server {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Server { child, addr, name }
+    Server {
+        child,
+        addr,
+        name,
+        peers: Vec::new(),
+        redis: None,
+    }
 }
 
 /// `pid` and all its descendants: a server may be several processes.
@@ -258,6 +341,11 @@ fn process_cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A `/proc/PID/status` field in KiB, summed over several process trees.
+fn kib(pids: &[u32], field: &str) -> u64 {
+    pids.iter().map(|&pid| status_kib(pid, field)).sum()
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`), summed over the tree.
@@ -393,7 +481,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// The server's state when a scenario starts, to measure what it costs.
 struct Baseline {
-    pid: u32,
+    pids: Vec<u32>,
     cpu: f64,
     /// This process's CPU seconds: the load generator's own cost.
     loadgen_cpu: f64,
@@ -403,12 +491,12 @@ struct Baseline {
 
 impl Baseline {
     fn take(server: &Server) -> Self {
-        let pid = server.child.id();
+        let pids = server.pids();
         Self {
-            pid,
-            cpu: cpu_seconds(pid),
+            cpu: pids.iter().map(|&pid| cpu_seconds(pid)).sum(),
             loadgen_cpu: process_cpu_seconds(std::process::id()),
-            rss: status_kib(pid, "VmRSS:"),
+            rss: kib(&pids, "VmRSS:"),
+            pids,
             started: Instant::now(),
         }
     }
@@ -430,7 +518,7 @@ async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_js
         );
         let limit = s.ramp + Duration::from_millis(s.interval_ms * s.tokens as u64) + SLACK;
         tasks.push(tokio::spawn(read_stream(
-            server.addr,
+            server.addr_for(i),
             path,
             None,
             s.tokens,
@@ -439,7 +527,7 @@ async fn run_scenario(server: &Server, s: &Scenario, target: Target) -> serde_js
     }
     // The peak: all streams open (sampled once the ramp is over).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    let rss_open = kib(&baseline.pids, "VmRSS:");
     let mut result = report(s.name, s.streams, s.interval_ms, tasks, &baseline, rss_open).await;
     result["server"] = json!(target.name());
     result
@@ -472,8 +560,8 @@ async fn report(
     // Until the last stream ended, not until this report: the report
     // waits a moment to sample memory with every stream open.
     let elapsed = (last_end - baseline.started).as_secs_f64();
-    let pid = baseline.pid;
-    let cpu = cpu_seconds(pid) - baseline.cpu;
+    let pids = &baseline.pids;
+    let cpu = pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>() - baseline.cpu;
     ttfts.sort();
     gaps.sort();
     json!({
@@ -488,7 +576,7 @@ async fn report(
         "gap_p99_ms": percentile(&gaps, 0.99),
         "gap_max_ms": gaps.last().map_or(0.0, |g| g.as_secs_f64() * 1000.0),
         "cpu_s_per_million_events": if events > 0 { cpu / (events as f64 / 1e6) } else { 0.0 },
-        "peak_rss_kib": status_kib(pid, "VmHWM:"),
+        "peak_rss_kib": kib(pids, "VmHWM:"),
         "rss_per_open_stream_kib": (rss_open.saturating_sub(baseline.rss)) as f64 / streams as f64,
         "failures": failures,
         "seconds": elapsed,
@@ -518,7 +606,7 @@ async fn fan_out(
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    let rss_open = kib(&baseline.pids, "VmRSS:");
     let mut result = report(
         "fan-out",
         subscribers,
@@ -557,7 +645,7 @@ async fn resume_storm(server: &Server, clients: usize, tokens: usize) -> serde_j
             ))
         })
         .collect();
-    let rss_open = status_kib(baseline.pid, "VmRSS:");
+    let rss_open = kib(&baseline.pids, "VmRSS:");
     let mut result = report("resume storm", clients, 0, tasks, &baseline, rss_open).await;
     result["server"] = json!(Target::Sluice.name());
     result
@@ -625,8 +713,11 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let compare = args.iter().any(|a| a == "--compare");
+    let cluster = args.iter().any(|a| a == "--cluster");
     let targets: Vec<Target> = if compare {
         vec![Target::Sluice, Target::AxumMinimal, Target::NextJs]
+    } else if cluster {
+        vec![Target::Sluice, Target::SluiceRedis]
     } else {
         let named: Vec<Target> = args
             .windows(2)
@@ -651,7 +742,14 @@ fn main() {
         .filter(|w| w[0] == "--scenario")
         .map(|w| w[1].as_str())
         .collect();
-    let wanted = |name: &str| only.is_empty() || only.contains(&name);
+    // `--cluster` compares the concurrency scenario only, unless told.
+    let wanted = |name: &str| {
+        if only.is_empty() {
+            !cluster || name == "concurrency"
+        } else {
+            only.contains(&name)
+        }
+    };
     for &target in &targets {
         runtime.block_on(async {
             // A fresh server per scenario, so that memory figures start from
@@ -702,7 +800,10 @@ fn main() {
 /// Sluice against each comparison server, per scenario, as ratios.
 #[allow(clippy::print_stdout)]
 fn print_ratios(results: &[serde_json::Value]) {
-    for other in ["axum-minimal", "nextjs"] {
+    for other in ["axum-minimal", "nextjs", "sluice-redis-2-nodes"] {
+        if !results.iter().any(|r| r["server"] == other) {
+            continue;
+        }
         println!("\nsluice / {other}:");
         for sluice in results.iter().filter(|r| r["server"] == "sluice") {
             let Some(floor) = results
@@ -759,6 +860,7 @@ fn print_table(results: &[serde_json::Value]) {
                 match r["server"].as_str() {
                     Some("axum-minimal") => " (axum)",
                     Some("nextjs") => " (next)",
+                    Some("sluice-redis-2-nodes") => " (redis)",
                     _ => "",
                 }
             ),

@@ -200,6 +200,8 @@ struct Inner {
     local: MemoryHub,
     client: redis::Client,
     conn: ConnectionManager,
+    /// The node's writer: the writes of every run, batched (see [`write`]).
+    writer: tokio::sync::mpsc::UnboundedSender<Write>,
     /// This process's random name, under which it holds its lease.
     node: String,
     lease: Duration,
@@ -238,10 +240,13 @@ impl RedisHub {
             .boxed()
         });
         let local = MemoryHub::with_elsewhere(&config.runs, metrics, Some(elsewhere));
+        let (writer, writes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write(conn.clone(), writes));
         let inner = Arc::new(Inner {
             local,
             client,
             conn,
+            writer,
             node,
             lease,
             retention: config.runs.retention(),
@@ -352,6 +357,62 @@ impl Inner {
     }
 }
 
+/// Commands of one run for the node's writer, and where to say how it went.
+struct Write {
+    commands: redis::Pipeline,
+    done: tokio::sync::oneshot::Sender<Result<(), HubError>>,
+}
+
+impl Inner {
+    /// Sends `commands` with the node's next batch; waits until Redis has
+    /// answered, within the request timeout.
+    async fn submit(&self, commands: redis::Pipeline) -> Result<(), HubError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Write { commands, done })
+            .map_err(|_| unavailable("the node's writer has stopped"))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(unavailable("the node's writer has stopped")),
+            Err(_) => Err(unavailable("no answer in time")),
+        }
+    }
+}
+
+/// The node's writer: whatever runs have submitted while the previous batch
+/// was on its way goes to Redis as one pipeline, one round trip for many
+/// runs' events. Each submitter then hears whether the batch went through;
+/// on an error it looks at what Redis has and tries again.
+async fn write(
+    mut conn: ConnectionManager,
+    mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
+) {
+    const MAX_BATCH: usize = 4_096;
+    while let Some(first) = writes.recv().await {
+        let mut batch = vec![first];
+        let mut commands = batch[0].commands.len();
+        while commands < MAX_BATCH {
+            match writes.try_recv() {
+                Ok(write) => {
+                    commands += write.commands.len();
+                    batch.push(write);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for write in &batch {
+            for command in write.commands.cmd_iter() {
+                pipe.add_command(command.clone()).ignore();
+            }
+        }
+        let result = bounded(pipe.query_async::<()>(&mut conn)).await;
+        for write in batch {
+            let _ = write.done.send(result.clone());
+        }
+    }
+}
+
 /// A run as Redis holds it.
 struct Stored {
     meta: RunMeta,
@@ -458,7 +519,7 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
             )
             .ignore();
         }
-        match pipe.query_async::<()>(&mut conn).await {
+        match inner.submit(pipe).await {
             Ok(()) => {
                 cursor += frames.len();
                 backoff = Duration::from_millis(100);
@@ -738,7 +799,6 @@ impl HubBackend for RedisHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
         async move {
             let inner = &self.inner;
-            let mut conn = inner.conn.clone();
             let created_ms = meta
                 .created_at
                 .duration_since(UNIX_EPOCH)
@@ -746,31 +806,32 @@ impl HubBackend for RedisHub {
             let id = meta.id.clone();
             // Known to every node before its first event, or not started:
             // with Redis down, new runs are refused.
-            bounded(
-                redis::pipe()
-                    .hset_multiple(
-                        run_key(&id),
-                        &[
-                            ("agent", meta.agent.clone()),
-                            ("prompt", meta.prompt.clone()),
-                            ("owner", owner_field(&meta.owner)),
-                            ("created_ms", created_ms.to_string()),
-                            ("node", inner.node.clone()),
-                            (
-                                "cod",
-                                if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
-                            ),
-                            ("status", "running".to_owned()),
-                        ],
-                    )
-                    .ignore()
-                    .zadd(RUNS, id.as_str(), created_ms as f64)
-                    .ignore()
-                    .sadd(RUNNING, id.as_str())
-                    .ignore()
-                    .query_async::<()>(&mut conn),
-            )
-            .await?;
+            inner
+                .submit(
+                    redis::pipe()
+                        .hset_multiple(
+                            run_key(&id),
+                            &[
+                                ("agent", meta.agent.clone()),
+                                ("prompt", meta.prompt.clone()),
+                                ("owner", owner_field(&meta.owner)),
+                                ("created_ms", created_ms.to_string()),
+                                ("node", inner.node.clone()),
+                                (
+                                    "cod",
+                                    if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+                                ),
+                                ("status", "running".to_owned()),
+                            ],
+                        )
+                        .ignore()
+                        .zadd(RUNS, id.as_str(), created_ms as f64)
+                        .ignore()
+                        .sadd(RUNNING, id.as_str())
+                        .ignore()
+                        .clone(),
+                )
+                .await?;
             inner.local.start(meta, events).await?;
             if let Some(run) = inner.local.local(&id) {
                 inner.tasks.spawn(replicate(inner.clone(), run));
