@@ -206,6 +206,9 @@ struct Inner {
     node: String,
     lease: Duration,
     retention: Duration,
+    /// How long a run's id stays in the `runs` index: its retention after a
+    /// run as long as `max_run_secs` allows (a day when unlimited).
+    index_for: Duration,
     /// Replicators and followers, so shutdown can wait for the last frames.
     tasks: TaskTracker,
 }
@@ -250,6 +253,11 @@ impl RedisHub {
             node,
             lease,
             retention: config.runs.retention(),
+            index_for: config.runs.retention()
+                + config
+                    .runs
+                    .max_run()
+                    .unwrap_or(Duration::from_secs(GONE_SECS)),
             tasks: TaskTracker::new(),
         });
         let _ = watchers.set(Arc::downgrade(&inner));
@@ -826,6 +834,12 @@ impl HubBackend for RedisHub {
                         )
                         .ignore()
                         .zadd(RUNS, id.as_str(), created_ms as f64)
+                        .ignore()
+                        // Ids whose runs have long expired leave the index.
+                        .cmd("ZREMRANGEBYSCORE")
+                        .arg(RUNS)
+                        .arg("-inf")
+                        .arg(created_ms.saturating_sub(inner.index_for.as_millis()) as f64)
                         .ignore()
                         .sadd(RUNNING, id.as_str())
                         .ignore()
