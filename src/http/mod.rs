@@ -319,8 +319,7 @@ pub async fn serve(
 /// hyper's connection builders, one per way of picking the protocol.
 #[derive(Clone)]
 struct Protocols {
-    /// HTTP/1.1 only: plain connections (browsers never speak HTTP/2
-    /// without TLS), and TLS ones that chose it by ALPN. Knowing the
+    /// HTTP/1.1 only: TLS connections that chose it by ALPN. Knowing the
     /// protocol up front skips the first read that sniffs for HTTP/2,
     /// whose few bytes would make hyper grow each connection's 8 KiB read
     /// buffer to 16 KiB.
@@ -329,6 +328,10 @@ struct Protocols {
     http2: Builder<TokioExecutor>,
     /// Either, by sniffing: TLS clients that sent no ALPN.
     auto: Builder<TokioExecutor>,
+    /// Plain connections: hyper's own HTTP/1 server, whose connection
+    /// future has no room for an HTTP/2 state it will never use, which
+    /// keeps each open stream's task smaller.
+    plain: hyper::server::conn::http1::Builder,
 }
 
 impl Protocols {
@@ -341,7 +344,13 @@ impl Protocols {
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
+        let mut plain = hyper::server::conn::http1::Builder::new();
+        plain
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_head);
         Self {
+            plain,
             http1: auto.clone().http1_only(),
             http2: auto.clone().http2_only(),
             auto,
@@ -405,11 +414,12 @@ pub async fn serve_with_tls(
         // one does not carry the room a TLS session needs.
         match &tls {
             None => {
-                let conn = protocols
-                    .http1
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .into_owned();
-                tokio::spawn(async move { log_end(watcher.watch(conn).await) });
+                let conn = protocols.plain.serve_connection(TokioIo::new(tcp), service);
+                tokio::spawn(async move {
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
             }
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp));

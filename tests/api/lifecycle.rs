@@ -168,6 +168,32 @@ fn a_bad_config_is_refused_with_a_message() {
 }
 
 #[test]
+fn a_shared_hub_that_cannot_be_reached_stops_the_start_with_a_message() {
+    // Nothing listens on port 1.
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("SLUICE_HUB_BACKEND", "redis")
+        .env("SLUICE_HUB_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "no listen line");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("hub.url `redis://127.0.0.1:1`") && stderr.contains("unreachable"),
+        "{stderr}"
+    );
+    // An unknown backend is refused too.
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("SLUICE_HUB_BACKEND", "etcd")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("etcd"));
+}
+
+#[test]
 fn agents_are_checked_at_startup_with_clear_messages() {
     for (text, needles) in [
         (
