@@ -331,20 +331,54 @@ impl Inner {
         .await;
     }
 
-    /// A local copy of a run another node drives: its retained frames now,
-    /// then a follower for the rest.
-    async fn mirror(self: &Arc<Self>, stored: Stored) -> Result<Arc<Run>, HubError> {
-        let id = stored.meta.id.clone();
+    /// Every frame Redis retains of run `id`, with its seq.
+    async fn retained_frames(&self, id: &RunId) -> Result<Vec<(Seq, Bytes)>, HubError> {
         let mut conn = self.conn.clone();
         let entries: StreamEntries = bounded(
             redis::cmd("XRANGE")
-                .arg(events_key(&id))
+                .arg(events_key(id))
                 .arg("-")
                 .arg("+")
                 .query_async(&mut conn),
         )
         .await?;
-        let frames = frames_of(entries);
+        Ok(frames_of(entries))
+    }
+
+    /// The commands that record a run's end: its status, when, its usage;
+    /// out of `running`; expiry after the retention; its id remembered as
+    /// gone for a day after that. The owner and any node reaping a lost
+    /// run write the same.
+    fn end_commands(
+        &self,
+        id: &RunId,
+        status: RunStatus,
+        finished: SystemTime,
+        usage: String,
+        owner: String,
+    ) -> Vec<redis::Cmd> {
+        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        vec![
+            redis::Cmd::hset_multiple(
+                run_key(id),
+                &[
+                    ("status", status_name(status).to_owned()),
+                    ("finished", rfc3339(finished)),
+                    ("usage", usage),
+                ],
+            ),
+            redis::Cmd::srem(RUNNING, id.as_str()),
+            redis::Cmd::expire(run_key(id), secs),
+            redis::Cmd::expire(events_key(id), secs),
+            redis::Cmd::set_ex(gone_key(id), owner, self.retention.as_secs() + GONE_SECS),
+        ]
+    }
+
+    /// A local copy of a run another node drives: its retained frames now,
+    /// then a follower for the rest.
+    async fn mirror(self: &Arc<Self>, stored: Stored) -> Result<Arc<Run>, HubError> {
+        let id = stored.meta.id.clone();
+        let frames = self.retained_frames(&id).await?;
         if frames.first().is_some_and(|(seq, _)| *seq != 1) {
             // The stream was trimmed: its start is no longer retained.
             return Err(HubError::Gone);
@@ -367,14 +401,14 @@ impl Inner {
 
 /// Commands of one run for the node's writer, and where to say how it went.
 struct Write {
-    commands: redis::Pipeline,
+    commands: Vec<redis::Cmd>,
     done: tokio::sync::oneshot::Sender<Result<(), HubError>>,
 }
 
 impl Inner {
     /// Sends `commands` with the node's next batch; waits until Redis has
     /// answered, within the request timeout.
-    async fn submit(&self, commands: redis::Pipeline) -> Result<(), HubError> {
+    async fn submit(&self, commands: Vec<redis::Cmd>) -> Result<(), HubError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.writer
             .send(Write { commands, done })
@@ -409,14 +443,16 @@ async fn write(
             }
         }
         let mut pipe = redis::pipe();
-        for write in &batch {
-            for command in write.commands.cmd_iter() {
-                pipe.add_command(command.clone()).ignore();
+        let mut waiting = Vec::with_capacity(batch.len());
+        for write in batch {
+            for command in write.commands {
+                pipe.add_command(command).ignore();
             }
+            waiting.push(write.done);
         }
         let result = bounded(pipe.query_async::<()>(&mut conn)).await;
-        for write in batch {
-            let _ = write.done.send(result.clone());
+        for done in waiting {
+            let _ = done.send(result.clone());
         }
     }
 }
@@ -486,48 +522,32 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
             }
             continue;
         }
-        let mut pipe = redis::pipe();
-        for (i, frame) in frames.iter().enumerate() {
-            pipe.cmd("XADD")
-                .arg(&events_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(MAX_EVENTS)
-                .arg(format!("{}-0", cursor + i + 1))
-                .arg("f")
-                .arg(frame.as_ref())
-                .ignore();
-        }
+        let mut commands: Vec<redis::Cmd> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, frame)| {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(&events_key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(MAX_EVENTS)
+                    .arg(format!("{}-0", cursor + i + 1))
+                    .arg("f")
+                    .arg(frame.as_ref());
+                xadd
+            })
+            .collect();
         if last {
             let summary = run.log().summary(false);
-            let secs = i64::try_from(inner.retention.as_secs()).unwrap_or(i64::MAX);
-            let usage = summary.usage.map(|u| u.to_string()).unwrap_or_default();
-            pipe.hset_multiple(
-                &run_key,
-                &[
-                    ("status", status_name(summary.status).to_owned()),
-                    (
-                        "finished",
-                        summary.finished_at.map(rfc3339).unwrap_or_default(),
-                    ),
-                    ("usage", usage),
-                ],
-            )
-            .ignore()
-            .srem(RUNNING, id.as_str())
-            .ignore()
-            .expire(&run_key, secs)
-            .ignore()
-            .expire(&events_key, secs)
-            .ignore()
-            .set_ex(
-                gone_key(&id),
+            commands.extend(inner.end_commands(
+                &id,
+                summary.status,
+                summary.finished_at.unwrap_or_else(SystemTime::now),
+                summary.usage.map(|u| u.to_string()).unwrap_or_default(),
                 owner_field(&run.meta().owner),
-                inner.retention.as_secs() + GONE_SECS,
-            )
-            .ignore();
+            ));
         }
-        match inner.submit(pipe).await {
+        match inner.submit(commands).await {
             Ok(()) => {
                 cursor += frames.len();
                 backoff = Duration::from_millis(100);
@@ -763,40 +783,24 @@ impl Inner {
                 &json!({"code": NODE_LOST, "message": NODE_LOST_MESSAGE}),
             );
             let owner: Option<String> = bounded(conn.hget(run_key(&id), "owner")).await?;
-            let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
             tracing::warn!(run_id = %id, node = %node, "the run's node is gone: ending it with node_lost");
-            bounded(
-                redis::pipe()
-                    .cmd("XADD")
-                    .arg(&events_key)
-                    .arg(format!("{seq}-0"))
-                    .arg("f")
-                    .arg(frame.as_ref())
-                    .ignore()
-                    .hset_multiple(
-                        run_key(&id),
-                        &[
-                            ("status", "error".to_owned()),
-                            ("finished", rfc3339(SystemTime::now())),
-                            ("usage", "{}".to_owned()),
-                        ],
-                    )
-                    .ignore()
-                    .srem(RUNNING, id.as_str())
-                    .ignore()
-                    .expire(run_key(&id), secs)
-                    .ignore()
-                    .expire(&events_key, secs)
-                    .ignore()
-                    .set_ex(
-                        gone_key(&id),
-                        owner.unwrap_or_default(),
-                        self.retention.as_secs() + GONE_SECS,
-                    )
-                    .ignore()
-                    .query_async::<()>(&mut conn),
-            )
-            .await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("XADD")
+                .arg(&events_key)
+                .arg(format!("{seq}-0"))
+                .arg("f")
+                .arg(frame.as_ref())
+                .ignore();
+            for command in self.end_commands(
+                &id,
+                RunStatus::Error,
+                SystemTime::now(),
+                "{}".to_owned(),
+                owner.unwrap_or_default(),
+            ) {
+                pipe.add_command(command).ignore();
+            }
+            bounded(pipe.query_async::<()>(&mut conn)).await?;
         }
         *missing = still_missing;
         Ok(())
@@ -815,36 +819,31 @@ impl HubBackend for RedisHub {
             // Known to every node before its first event, or not started:
             // with Redis down, new runs are refused.
             inner
-                .submit(
-                    redis::pipe()
-                        .hset_multiple(
-                            run_key(&id),
-                            &[
-                                ("agent", meta.agent.clone()),
-                                ("prompt", meta.prompt.clone()),
-                                ("owner", owner_field(&meta.owner)),
-                                ("created_ms", created_ms.to_string()),
-                                ("node", inner.node.clone()),
-                                (
-                                    "cod",
-                                    if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
-                                ),
-                                ("status", "running".to_owned()),
-                            ],
-                        )
-                        .ignore()
-                        .zadd(RUNS, id.as_str(), created_ms as f64)
-                        .ignore()
-                        // Ids whose runs have long expired leave the index.
-                        .cmd("ZREMRANGEBYSCORE")
-                        .arg(RUNS)
-                        .arg("-inf")
-                        .arg(created_ms.saturating_sub(inner.index_for.as_millis()) as f64)
-                        .ignore()
-                        .sadd(RUNNING, id.as_str())
-                        .ignore()
-                        .clone(),
-                )
+                .submit(vec![
+                    redis::Cmd::hset_multiple(
+                        run_key(&id),
+                        &[
+                            ("agent", meta.agent.clone()),
+                            ("prompt", meta.prompt.clone()),
+                            ("owner", owner_field(&meta.owner)),
+                            ("created_ms", created_ms.to_string()),
+                            ("node", inner.node.clone()),
+                            (
+                                "cod",
+                                if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+                            ),
+                            ("status", "running".to_owned()),
+                        ],
+                    ),
+                    redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
+                    // Ids whose runs have long expired leave the index.
+                    redis::Cmd::zrembyscore(
+                        RUNS,
+                        "-inf",
+                        created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
+                    ),
+                    redis::Cmd::sadd(RUNNING, id.as_str()),
+                ])
                 .await?;
             inner.local.start(meta, events).await?;
             if let Some(run) = inner.local.local(&id) {
@@ -904,16 +903,7 @@ impl HubBackend for RedisHub {
                 return inner.local.snapshot(id, viewer).await;
             }
             let stored = inner.load_meta(&id, &viewer).await?;
-            let mut conn = inner.conn.clone();
-            let entries: StreamEntries = bounded(
-                redis::cmd("XRANGE")
-                    .arg(events_key(&id))
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut conn),
-            )
-            .await?;
-            let frames = frames_of(entries);
+            let frames = inner.retained_frames(&id).await?;
             let events = frames.last().map_or(0, |(seq, _)| *seq);
             let text: String = frames
                 .into_iter()
