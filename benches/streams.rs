@@ -89,12 +89,20 @@ impl Drop for Server {
             })
             .map(|pid| pid.to_string())
             .collect();
+        // A wrapper that runs the server in its own process (valgrind)
+        // passes the signal on.
+        let server = if server.is_empty() {
+            vec![self.child.id().to_string()]
+        } else {
+            server
+        };
         let _ = Command::new("kill")
             .arg("-TERM")
             .args(server)
             .stderr(Stdio::null())
             .status();
-        for _ in 0..100 {
+        // A profiler may take a while to write its report.
+        for _ in 0..600 {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 return;
             }
@@ -188,7 +196,9 @@ fn start_server(target: Target) -> Server {
 fn start_server_with(target: Target, env: &[(&str, &str)]) -> Server {
     let (binary, args): (String, Vec<&str>) = match target {
         Target::Sluice | Target::SluiceRedis => (
-            env!("CARGO_BIN_EXE_sluice").to_owned(),
+            // Another build, for comparing two versions on one machine.
+            std::env::var("STREAMS_BENCH_SLUICE")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_owned()),
             vec!["serve", "--bind", "127.0.0.1:0"],
         ),
         Target::NextJs => {

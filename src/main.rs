@@ -51,7 +51,16 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One worker per core; on a single core (a pinned process, a one-CPU
+    // container) a single-threaded runtime, which spends nothing on handing
+    // tasks between threads.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut runtime = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = runtime
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;

@@ -77,9 +77,10 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         cancel_on_disconnect: start.cancel_on_disconnect,
         owner: start.owner,
     };
+    let agent = meta.agent.clone();
     state.hub.start(meta, events).await?;
     tracing::Span::current().record("run_id", id.as_str());
-    tracing::info!("run started");
+    tracing::info!(run_id = id.as_str(), agent, "run started");
     Ok(id)
 }
 

@@ -24,7 +24,20 @@ impl Drop for Served {
 
 /// `sluice serve ARGS` with `env`, up and listening.
 pub(crate) fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    serve_wrapped(&[], args, env)
+}
+
+/// [`serve_binary`], started through `wrapper` (such as `taskset -c 0`).
+fn serve_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Served {
+    let binary = env!("CARGO_BIN_EXE_sluice");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     command
         .arg("serve")
         .args(args)
@@ -295,6 +308,56 @@ async fn sigint_with_an_open_stream_exits_zero_within_the_grace() {
     assert!(read.is_ok(), "the stream ended cleanly: {read:?}");
 }
 
+/// Pinned to one core, the binary runs a single-threaded runtime (one
+/// thread: no worker to hand tasks to) and still streams, follows and drains.
+#[tokio::test]
+async fn on_one_core_one_thread_streams_and_drains() {
+    let config = write_config("[server]\nshutdown_grace_secs = 2\n");
+    let path = config.path().to_str().unwrap().to_owned();
+    let mut served = serve_wrapped(
+        &["taskset", "-c", "0"],
+        &["--bind", "127.0.0.1:0", "--config", &path],
+        &[],
+    );
+    let events = collect(
+        reqwest::get(format!(
+            "{}/api/agent/stream?tokens=5&interval_ms=10",
+            served.base
+        ))
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(tokens_of(&events).len(), 5);
+    assert_eq!(events.last().unwrap().data["finish_reason"], "stop");
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id())).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(|n| n.trim().to_owned());
+    assert_eq!(threads.as_deref(), Some("1"), "one thread on one core");
+
+    let long = reqwest::get(format!(
+        "{}/api/agent/stream?tokens=10000&interval_ms=20",
+        served.base
+    ))
+    .await
+    .unwrap();
+    let mut long = long.bytes_stream();
+    let mut body = long.next().await.unwrap().unwrap().to_vec();
+    signal(&served.child, "TERM");
+    while let Some(Ok(chunk)) = long.next().await {
+        body.extend_from_slice(&chunk);
+    }
+    assert!(
+        body.ends_with(b"\n\nretry: 1000\n\n"),
+        "told to reconnect at shutdown"
+    );
+    let (code, _) = wait_exit(&mut served.child, Duration::from_secs(6));
+    assert_eq!(code, Some(0));
+}
+
 /// A temporary file removed on drop, without another dependency.
 pub(crate) mod tempfile_path {
     use std::path::{Path, PathBuf};
@@ -371,7 +434,7 @@ async fn allow_anonymous_serves_a_public_address() {
 }
 
 #[tokio::test]
-async fn json_logs_carry_the_request_span_with_the_run_id() {
+async fn json_logs_carry_each_run_started_with_its_id_and_agent() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
         .stdout(Stdio::piped())
@@ -405,8 +468,8 @@ async fn json_logs_carry_the_request_span_with_the_run_id() {
         .iter()
         .find(|l| l["fields"]["message"] == "run started")
         .unwrap_or_else(|| panic!("no run started line in {stderr}"));
-    assert_eq!(started["span"]["run_id"], run_id.as_str());
-    assert_eq!(started["span"]["path"], "/api/agent/stream");
+    assert_eq!(started["fields"]["run_id"], run_id.as_str());
+    assert_eq!(started["fields"]["agent"], "sim");
     assert!(
         !stderr.contains("secret-in-query"),
         "query strings (and prompts) stay out of the logs"
