@@ -372,7 +372,9 @@ impl Protocols {
     }
 }
 
-fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+/// A connection's end, when it ended with an error (a client that went
+/// away, a malformed request): worth a line only at `debug`.
+fn log_end<E: std::fmt::Display>(result: Result<(), E>) {
     if let Err(e) = result {
         tracing::debug!("connection ended: {e}");
     }
@@ -421,11 +423,7 @@ pub async fn serve_with_tls(
         match &tls {
             None => {
                 let conn = protocols.plain.serve_connection(TokioIo::new(tcp), service);
-                tokio::spawn(async move {
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!("connection ended: {e}");
-                    }
-                });
+                tokio::spawn(async move { log_end(watcher.watch(conn).await) });
             }
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp));

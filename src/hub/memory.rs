@@ -94,6 +94,26 @@ pub struct Run {
 }
 
 impl Run {
+    fn new(meta: RunMeta, ordinal: u64, mirror: bool, elsewhere: Option<Elsewhere>) -> Self {
+        Self {
+            meta,
+            ordinal,
+            log: RunLog::new(),
+            cancel: CancellationToken::new(),
+            subscribers: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
+            mirror,
+            elsewhere,
+        }
+    }
+
+    /// Ends this run with `error node_lost`: its node cannot finish it.
+    fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
     pub fn meta(&self) -> &RunMeta {
         &self.meta
     }
@@ -348,8 +368,6 @@ async fn drive(
     shared.finished(&run);
 }
 
-/// Cancels `run` if it still has no subscriber after the disconnect grace
-/// and nobody subscribed or left in the meantime.
 /// Whether subscribers on other nodes watch `run`.
 async fn watched_elsewhere(run: &Run) -> bool {
     match &run.elsewhere {
@@ -358,6 +376,8 @@ async fn watched_elsewhere(run: &Run) -> bool {
     }
 }
 
+/// Cancels `run` if it still has no subscriber after the disconnect grace
+/// and nobody subscribed or left in the meantime.
 fn schedule_idle_check(run: Arc<Run>, grace: Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -479,17 +499,7 @@ impl MemoryHub {
         }
         let ordinal = registry.next_ordinal;
         registry.next_ordinal += 1;
-        let run = Arc::new(Run {
-            meta,
-            ordinal,
-            log: RunLog::new(),
-            cancel: CancellationToken::new(),
-            subscribers: AtomicUsize::new(0),
-            epoch: AtomicU64::new(0),
-            lost: AtomicBool::new(false),
-            mirror: true,
-            elsewhere: None,
-        });
+        let run = Arc::new(Run::new(meta, ordinal, true, None));
         for entry in entries {
             run.log.append(entry);
         }
@@ -525,8 +535,7 @@ impl MemoryHub {
     /// Ends one run this process drives with `error node_lost`.
     pub fn lose(&self, id: &RunId) {
         if let Some(run) = self.local(id).filter(|run| !run.mirror) {
-            run.lost.store(true, Ordering::SeqCst);
-            run.cancel.cancel();
+            run.lose();
         }
     }
 
@@ -542,8 +551,7 @@ impl MemoryHub {
             .cloned()
             .collect();
         for run in &runs {
-            run.lost.store(true, Ordering::SeqCst);
-            run.cancel.cancel();
+            run.lose();
         }
         runs
     }
@@ -554,22 +562,11 @@ impl HubBackend for MemoryHub {
         let shared = self.shared.clone();
         async move {
             let (recorder, first) = Recorder::start(&meta);
-            let log = RunLog::new();
-            let size = log.append(first);
             let mut registry = shared.registry();
             let ordinal = registry.next_ordinal;
             registry.next_ordinal += 1;
-            let run = Arc::new(Run {
-                meta,
-                ordinal,
-                log,
-                cancel: CancellationToken::new(),
-                subscribers: AtomicUsize::new(0),
-                epoch: AtomicU64::new(0),
-                lost: AtomicBool::new(false),
-                mirror: false,
-                elsewhere: shared.elsewhere.clone(),
-            });
+            let run = Arc::new(Run::new(meta, ordinal, false, shared.elsewhere.clone()));
+            let size = run.log.append(first);
             registry.runs.insert(run.meta.id.clone(), run.clone());
             registry.by_age.insert(ordinal, run.meta.id.clone());
             *registry

@@ -11,7 +11,8 @@
 //! command); its subscribers then read the mirror like any local run.
 //!
 //! Keys (all under `sluice:`): `run:{id}` (hash), `run:{id}:ev` (stream),
-//! `run:{id}:watch` (hash: subscribers per node), `runs` (sorted set by
+//! `run:{id}:watch` (hash: subscribers per node), `run:{id}:reaped` (the
+//! node that ended a lost run), `runs` (sorted set by
 //! creation time), `running` (set), `node:{node}` (the node's lease),
 //! `gone:{id}` (an evicted run's owner, for `410`), and the pub/sub channel
 //! `cancel`.
@@ -57,6 +58,27 @@ const CANCEL_CHANNEL: &str = "sluice:cancel";
 const RUNS: &str = "sluice:runs";
 const RUNNING: &str = "sluice:running";
 
+/// Waits between attempts while Redis is unreachable: from 100 ms,
+/// doubling up to [`BACKOFF_MAX`]; from the start again once one works.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new() -> Self {
+        Self(Self::FIRST)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    }
+}
+
 fn run_key(id: &RunId) -> String {
     format!("sluice:run:{id}")
 }
@@ -71,6 +93,11 @@ fn watch_key(id: &RunId) -> String {
 
 fn gone_key(id: &RunId) -> String {
     format!("sluice:gone:{id}")
+}
+
+/// Claimed by the node that ends a lost run, so that only one does.
+fn reaped_key(id: &RunId) -> String {
+    format!("sluice:run:{id}:reaped")
 }
 
 fn node_key(node: &str) -> String {
@@ -513,7 +540,7 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
     let mut changed = run.log().watch();
     let mut conn = inner.conn.clone();
     let mut cursor = 0usize;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let (frames, last) = run.log().frames(cursor, BATCH);
         if frames.is_empty() {
@@ -550,15 +577,14 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
         match inner.submit(commands).await {
             Ok(()) => {
                 cursor += frames.len();
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 if last {
                     return;
                 }
             }
             Err(e) => {
                 tracing::warn!(run_id = %id, "cannot write to Redis, retrying: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.wait().await;
                 // Some of the batch may have landed: go on from what Redis has.
                 if let Ok(seq) = last_seq(&mut conn, &events_key).await {
                     cursor = usize::try_from(seq).unwrap_or(cursor);
@@ -597,7 +623,7 @@ async fn last_seq(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult
 async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
     let id = run.meta().id.clone();
     let key = events_key(&id);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let mut conn = None;
     loop {
         let Some(hub) = inner.upgrade() else {
@@ -609,8 +635,7 @@ async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
                 Err(e) => {
                     tracing::debug!(run_id = %id, "cannot follow the run yet: {e}");
                     drop(hub);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff.wait().await;
                     continue;
                 }
             }
@@ -631,7 +656,7 @@ async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
             .await;
         match read {
             Ok(streams) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 for (_, entries) in streams.unwrap_or_default() {
                     for (seq, frame) in frames_of(entries) {
                         if seq != last + 1 {
@@ -653,8 +678,7 @@ async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
             Err(e) => {
                 tracing::debug!(run_id = %id, "following the run: {e}");
                 conn = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.wait().await;
             }
         }
     }
@@ -676,7 +700,7 @@ async fn keep_lease(inner: std::sync::Weak<Inner>) {
 
 /// Cancels runs of this node that a `DELETE` on any node asked to cancel.
 async fn listen_for_cancels(inner: std::sync::Weak<Inner>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let Some(client) = inner.upgrade().map(|hub| hub.client.clone()) else {
             return;
@@ -685,16 +709,15 @@ async fn listen_for_cancels(inner: std::sync::Weak<Inner>) {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 tracing::debug!("cannot listen for cancels yet: {e}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.wait().await;
                 continue;
             }
         };
         if pubsub.subscribe(CANCEL_CHANNEL).await.is_err() {
-            tokio::time::sleep(backoff).await;
+            backoff.wait().await;
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             let Some(hub) = inner.upgrade() else {
@@ -763,7 +786,7 @@ impl Inner {
             }
             let claim: Option<String> = bounded(
                 redis::cmd("SET")
-                    .arg(format!("sluice:run:{id}:reaped"))
+                    .arg(reaped_key(&id))
                     .arg(&self.node)
                     .arg("NX")
                     .arg("EX")

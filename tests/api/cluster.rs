@@ -115,16 +115,21 @@ impl Drop for Redis {
 /// A node on `redis`: leases of 2 s, a shutdown grace of 2 s, a
 /// disconnect grace of 1 s.
 fn node(redis: &Redis) -> Served {
-    serve_binary(
-        &["--bind", "127.0.0.1:0"],
-        &[
-            ("SLUICE_HUB_BACKEND", "redis"),
-            ("SLUICE_HUB_URL", &redis.url()),
-            ("SLUICE_HUB_LEASE_SECS", "2"),
-            ("SLUICE_SERVER_SHUTDOWN_GRACE_SECS", "2"),
-            ("SLUICE_RUNS_DISCONNECT_GRACE_SECS", "1"),
-        ],
-    )
+    node_with(redis, &[])
+}
+
+/// [`node`] with more settings.
+fn node_with(redis: &Redis, more: &[(&str, &str)]) -> Served {
+    let url = redis.url();
+    let mut env = vec![
+        ("SLUICE_HUB_BACKEND", "redis"),
+        ("SLUICE_HUB_URL", url.as_str()),
+        ("SLUICE_HUB_LEASE_SECS", "2"),
+        ("SLUICE_SERVER_SHUTDOWN_GRACE_SECS", "2"),
+        ("SLUICE_RUNS_DISCONNECT_GRACE_SECS", "1"),
+    ];
+    env.extend_from_slice(more);
+    serve_binary(&["--bind", "127.0.0.1:0"], &env)
 }
 
 fn addr_of(served: &Served) -> SocketAddr {
@@ -199,6 +204,22 @@ async fn read(url: &str, last_event_id: Option<&str>, stop_after: usize) -> (Vec
     }
     drop(stream);
     (events, retry.into_inner())
+}
+
+/// `before`, then the rest of its run read from `base` with the last id of
+/// `before` as `Last-Event-ID`: what a client that reconnected there saw.
+async fn resumed_on(base: &str, before: &[SseEvent]) -> Vec<SseEvent> {
+    let last_id = before.last().unwrap().id.clone();
+    let run = last_id.rsplit_once(':').unwrap().0.to_owned();
+    let (after, _) = read(
+        &format!("{base}/api/runs/{run}/events"),
+        Some(&last_id),
+        usize::MAX,
+    )
+    .await;
+    let mut all = before.to_vec();
+    all.extend(after);
+    all
 }
 
 #[tokio::test]
@@ -331,16 +352,7 @@ async fn clients_of_a_stopping_node_resume_on_the_other() {
         "no terminal event before the node went away"
     );
     // The client reconnects, here to B, and resumes where it was.
-    let last_id = before.last().unwrap().id.clone();
-    let run = last_id.rsplit_once(':').unwrap().0.to_owned();
-    let (after, _) = read(
-        &format!("{}/api/runs/{run}/events", b.base),
-        Some(&last_id),
-        usize::MAX,
-    )
-    .await;
-    let mut all = before.clone();
-    all.extend(after);
+    let all = resumed_on(&b.base, &before).await;
     assert_contiguous(&all, 1);
     let end = all.last().unwrap();
     assert_eq!(
@@ -400,16 +412,7 @@ async fn the_disconnect_grace_counts_subscribers_on_every_node() {
         a.base
     );
     let (first, _) = read(&url, None, 3).await;
-    let last_id = first.last().unwrap().id.clone();
-    let run = last_id.rsplit_once(':').unwrap().0.to_owned();
-    let (rest, _) = read(
-        &format!("{}/api/runs/{run}/events", b.base),
-        Some(&last_id),
-        usize::MAX,
-    )
-    .await;
-    let mut all = first.clone();
-    all.extend(rest);
+    let all = resumed_on(&b.base, &first).await;
     assert_contiguous(&all, 1);
     let end = all.last().unwrap();
     assert_eq!(end.event, "done");
@@ -435,4 +438,48 @@ async fn the_disconnect_grace_counts_subscribers_on_every_node() {
         assert!(Instant::now() < deadline, "still {snapshot}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A finished run asked of a node that did not drive it: `204` for a
+/// resume from its last event, `410` once its retention is over.
+#[tokio::test]
+async fn the_other_node_answers_204_for_a_finished_run_and_410_once_it_is_evicted() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let retention = [("SLUICE_RUNS_RETENTION_SECS", "1")];
+    let (a, b) = (node_with(&redis, &retention), node_with(&redis, &retention));
+    // Runs on A, read to their end there; each resumed from B after its
+    // last event.
+    let run_to_end = || async {
+        let id = create_run(&a.base, json!({"tokens": 3, "interval_ms": 0})).await;
+        let (events, _) = read(
+            &format!("{}/api/runs/{id}/events", a.base),
+            None,
+            usize::MAX,
+        )
+        .await;
+        assert_eq!(events.last().unwrap().event, "done");
+        (id, events.last().unwrap().id.clone())
+    };
+    let resume_on_b = |id: String, last_id: String| {
+        reqwest::Client::new()
+            .get(format!("{}/api/runs/{id}/events", b.base))
+            .header("last-event-id", last_id)
+            .send()
+    };
+
+    let (first, last_id) = run_to_end().await;
+    let response = resume_on_b(first, last_id).await.unwrap();
+    assert_eq!(response.status(), 204, "nothing after the terminal event");
+
+    // A second run, which B never saw, asked of B after its retention.
+    let (second, last_id) = run_to_end().await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let response = resume_on_b(second.clone(), last_id).await.unwrap();
+    assert_eq!(response.status(), 410);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "run_evicted");
+    let (status, _) = get_json(&format!("{}/api/runs/{second}", b.base)).await;
+    assert_eq!(status, 410);
 }
