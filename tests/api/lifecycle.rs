@@ -314,8 +314,15 @@ async fn sigint_with_an_open_stream_exits_zero_within_the_grace() {
 async fn on_one_core_one_thread_streams_and_drains() {
     let config = write_config("[server]\nshutdown_grace_secs = 2\n");
     let path = config.path().to_str().unwrap().to_owned();
+    // The first CPU this process may use: a container's cpuset need not hold 0.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status");
+    let first_cpu = allowed.trim().split([',', '-']).next().unwrap().to_owned();
     let mut served = serve_wrapped(
-        &["taskset", "-c", "0"],
+        &["taskset", "-c", &first_cpu],
         &["--bind", "127.0.0.1:0", "--config", &path],
         &[],
     );

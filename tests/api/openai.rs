@@ -313,7 +313,7 @@ async fn a_one_shot_client_that_leaves_closes_the_upstream_after_the_grace() {
         .expect("the upstream connection was closed");
     let after = closed.saturating_duration_since(left_at);
     assert!(
-        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
         "closed {after:?} after the client left"
     );
 }
@@ -335,7 +335,7 @@ async fn a_run_longer_than_max_run_secs_ends_with_its_own_error() {
     );
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
     assert!(

@@ -139,7 +139,7 @@ async fn a_reconnect_within_the_grace_keeps_a_one_shot_run_alive() {
     let response = app.get("/api/agent/stream?tokens=100&interval_ms=30").await;
     let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
     drop(response);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let resumed = app
         .client
         .get(app.url("/api/agent/stream"))
@@ -361,7 +361,7 @@ async fn a_run_longer_than_max_run_secs_ends_with_run_timeout() {
     assert!(tokens_of(&events).len() > 10, "it ran until the limit");
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "{took:?}"
     );
 }

@@ -81,7 +81,7 @@ test('a run started from the form renders the sim text, token by token', { skip 
   const params = await page.$$eval('#params input', (inputs) => inputs.map((i) => [i.name, i.value]));
   assert.deepEqual(params, [['tokens', ''], ['interval_ms', ''], ['seed', ''], ['fail_after', '']],
     'the form starts from the agent defaults, with no seed');
-  const id = await startRun(page, { prompt: 'dashboard one', tokens: 40, interval: 15 });
+  const id = await startRun(page, { prompt: 'dashboard one', tokens: 40, interval: 50 });
   await page.waitForFunction((runId) => {
     const text = document.querySelector(`#pane-${runId} [data-role=output]`)?.textContent ?? '';
     return text.length > 0 && document.querySelector(`#pane-${runId} [data-role=status]`)?.dataset.status === 'streaming';
@@ -155,7 +155,7 @@ test('ten open runs never hold more than four streams, and each still completes 
   const { page, errors } = await openDashboard(ctx.sluice.base);
   const ids = [];
   for (let i = 0; i < 10; i += 1) {
-    ids.push(await startRun(page, { prompt: `dashboard ten ${i}`, tokens: 40, interval: 40 }));
+    ids.push(await startRun(page, { prompt: `dashboard ten ${i}`, tokens: 200, interval: 40 }));
   }
   const paused = await page.$$eval('[data-role=status][data-status=paused]', (els) => els.length);
   assert.ok(paused >= 6, `runs beyond four are paused (${paused})`);

@@ -73,6 +73,8 @@ export async function cuttingProxy(upstream, match, cutAfter) {
 export const CHROMIUM_ARGS = [
   '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+  // A container's /dev/shm may be 64 MB: Chromium then crashes pages.
+  '--disable-dev-shm-usage',
 ];
 
 /** The token texts of a whole SSE body, read without a browser. */
