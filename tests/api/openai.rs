@@ -206,10 +206,11 @@ async fn broken_streams_end_with_an_error_that_says_how() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_reported_as_such() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Bound and never listening for the whole test: connections are refused,
+    // and no other process can take the port in the meantime.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let app = spawn_with(&format!(
         "[agents.gone]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"m\"\n"
     ))
