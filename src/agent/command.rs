@@ -1,7 +1,7 @@
 //! A local program as an agent: one process per run.
 //!
 //! The run goes to the program's stdin as one JSON object
-//! `{"run_id", "prompt", "params"}`, and stdin is then closed. With
+//! `{"run_id", "prompt", "params", "messages"}`, and stdin is then closed. With
 //! `protocol = "text"` every chunk of stdout is a token; with `"jsonl"` every
 //! line is one event (`{"event": "token", "text": …}`, `{"event": "done", …}`,
 //! …). stderr goes to the log, and its last lines into the error of a failed
@@ -160,7 +160,7 @@ impl Agent for Command {
 
     fn start(&self, input: RunInput) -> Result<AgentStream, ParamError> {
         super::reject_unknown(&input.params, &self.params)?;
-        let stdin = json!({"run_id": input.run_id, "prompt": input.prompt, "params": input.params});
+        let stdin = json!({"run_id": input.run_id, "prompt": input.prompt, "params": input.params, "messages": input.messages});
         let mut command = tokio::process::Command::new(&self.program);
         command
             .args(&self.args)

@@ -84,6 +84,53 @@ pub struct RunInput {
     pub run_id: String,
     pub prompt: String,
     pub params: Params,
+    /// The conversation, never empty: the client's `messages`, or the
+    /// prompt as the one user message.
+    pub messages: Vec<Message>,
+}
+
+/// The most messages one run may carry (SPEC 9).
+pub const MAX_MESSAGES: usize = 1000;
+
+/// Who said a message of a conversation. Any other role is refused when the
+/// request is read (`400 invalid_json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// One message of a conversation: a role and its text. Other fields a
+/// client sends with it (`name`, …) are ignored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// A run's prompt and conversation from what the client sent (SPEC 9): the
+/// prompt, or else the last user message's content; the messages, or else
+/// the prompt as the one user message.
+pub fn conversation(prompt: Option<String>, messages: Vec<Message>) -> (String, Vec<Message>) {
+    let prompt = prompt.unwrap_or_else(|| {
+        messages
+            .iter()
+            .rev()
+            .find(|message| message.role == Role::User)
+            .map(|message| message.content.clone())
+            .unwrap_or_default()
+    });
+    let messages = if messages.is_empty() {
+        vec![Message {
+            role: Role::User,
+            content: prompt.clone(),
+        }]
+    } else {
+        messages
+    };
+    (prompt, messages)
 }
 
 /// A source of agent events. `start` checks the parameters synchronously (so

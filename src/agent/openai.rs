@@ -17,7 +17,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::{Agent, AgentEvent, AgentStream, ParamError, ParamSpec, Params, RunInput};
+use super::{
+    Agent, AgentEvent, AgentStream, Message, ParamError, ParamSpec, Params, Role, RunInput,
+};
 use crate::config::ConfigError;
 
 /// Parameters a run may set when the config does not list its own.
@@ -184,12 +186,16 @@ impl OpenAi {
         })
     }
 
-    fn body(&self, prompt: &str, params: &Params) -> Value {
+    /// The conversation goes as it is, after the configured system prompt
+    /// unless the conversation brings its own.
+    fn body(&self, conversation: &[Message], params: &Params) -> Value {
         let mut messages = Vec::new();
         if let Some(system) = &self.system_prompt {
-            messages.push(json!({"role": "system", "content": system}));
+            if conversation.first().map(|m| m.role) != Some(Role::System) {
+                messages.push(json!({"role": "system", "content": system}));
+            }
         }
-        messages.push(json!({"role": "user", "content": prompt}));
+        messages.extend(conversation.iter().map(|m| json!(m)));
         let mut body = Map::new();
         body.insert("model".into(), Value::from(self.model.clone()));
         body.insert("messages".into(), Value::Array(messages));
@@ -233,7 +239,7 @@ impl Agent for OpenAi {
         let request = self
             .client
             .post(self.url.clone())
-            .json(&self.body(&input.prompt, &params));
+            .json(&self.body(&input.messages, &params));
         Ok(stream(request, self.timeouts).boxed())
     }
 }
@@ -612,7 +618,7 @@ mod tests {
         assert_eq!(agent.url.as_str(), "http://h/v1/chat/completions");
         let mut params = Params::new();
         params.insert("temperature".into(), param_value(&Value::from("0.9")));
-        let body = agent.body("hi", &params);
+        let body = agent.body(&[user("hi")], &params);
         assert_eq!(
             body,
             json!({
@@ -626,6 +632,34 @@ mod tests {
         );
         let names: Vec<&str> = agent.params().iter().map(|p| p.name.as_ref()).collect();
         assert_eq!(names, DEFAULT_ALLOWED);
+
+        // A conversation goes whole; its own system message replaces the
+        // configured one.
+        let said = |role, content: &str| Message {
+            role,
+            content: content.into(),
+        };
+        let body = agent.body(
+            &[user("a"), said(Role::Assistant, "b"), user("c")],
+            &Params::new(),
+        );
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "a"},
+                   {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}])
+        );
+        let body = agent.body(&[said(Role::System, "be long"), user("a")], &Params::new());
+        assert_eq!(
+            body["messages"],
+            json!([{"role": "system", "content": "be long"}, {"role": "user", "content": "a"}])
+        );
+    }
+
+    fn user(content: &str) -> Message {
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
 
     #[test]

@@ -14,14 +14,17 @@ use super::error::ApiError;
 use super::limits;
 use super::stream::Query;
 use super::AppState;
-use crate::agent::{Params, RunInput};
+use crate::agent::{conversation, Message, Params, RunInput, MAX_MESSAGES};
 use crate::auth::{Caller, Scope};
 use crate::hub::{Cancelled, RunId, RunMeta, RunSnapshot};
 
 /// What starting a run needs, from either route.
 pub struct StartRun {
     pub agent: String,
-    pub prompt: String,
+    /// The prompt; when absent, the last user message's content.
+    pub prompt: Option<String>,
+    /// The conversation; when empty, the prompt as the one user message.
+    pub messages: Vec<Message>,
     pub params: Params,
     pub cancel_on_disconnect: bool,
     /// The caller's key: only it will see the run.
@@ -38,13 +41,14 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
             state.agents.names().join(", ")
         ))
     })?;
+    let (prompt, messages) = conversation(start.prompt, start.messages);
     let max_prompt = state.config.runs.max_prompt_bytes;
-    if start.prompt.len() > max_prompt {
+    if prompt.len() > max_prompt {
         return Err(ApiError::TooLarge {
             code: "prompt_too_large",
             message: format!(
                 "the prompt is {} bytes; the limit is {max_prompt}",
-                start.prompt.len()
+                prompt.len()
             ),
         });
     }
@@ -66,13 +70,14 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
     let id = RunId::generate()?;
     let events = agent.start(RunInput {
         run_id: id.to_string(),
-        prompt: start.prompt.clone(),
+        prompt: prompt.clone(),
         params: start.params,
+        messages,
     })?;
     let meta = RunMeta {
         id: id.clone(),
         agent: start.agent,
-        prompt: start.prompt,
+        prompt,
         created_at: std::time::SystemTime::now(),
         cancel_on_disconnect: start.cancel_on_disconnect,
         owner: start.owner,
@@ -90,8 +95,11 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
 struct CreateRun {
     #[serde(default = "default_agent")]
     agent: String,
+    prompt: Option<String>,
+    /// The conversation (SPEC 9); a bad role or a non-string content fails
+    /// the whole body as `invalid_json`.
     #[serde(default)]
-    prompt: String,
+    messages: Vec<Message>,
     #[serde(default)]
     params: Params,
     #[serde(default)]
@@ -123,11 +131,18 @@ pub async fn create(
     })?;
     let request: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
+    if request.messages.len() > MAX_MESSAGES {
+        return Err(ApiError::InvalidJson(format!(
+            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
+            request.messages.len()
+        )));
+    }
     let id = start_run(
         &state,
         StartRun {
             agent: request.agent,
             prompt: request.prompt,
+            messages: request.messages,
             params: request.params,
             cancel_on_disconnect: request.cancel_on_disconnect,
             owner: caller.key.clone(),

@@ -60,7 +60,8 @@ pub async fn one_shot(
         &state,
         StartRun {
             agent,
-            prompt,
+            prompt: Some(prompt),
+            messages: Vec::new(),
             params,
             cancel_on_disconnect: true,
             owner: caller.key.clone(),

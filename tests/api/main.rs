@@ -5,6 +5,7 @@
 mod auth;
 mod cluster;
 mod command;
+mod conversations;
 mod cors;
 mod dashboard;
 mod errors;
