@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use serde_json::{json, Map};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
-use super::{Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
+use super::{lines, utf8, Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
 use crate::config::ConfigError;
 
 /// How many of the last stderr lines a failed run's error carries.
@@ -272,7 +272,7 @@ impl Run {
             let mut terminal = None;
             match self.protocol {
                 Protocol::Text => {
-                    let chunks = text_chunks(stdout);
+                    let chunks = utf8::text_chunks(stdout);
                     tokio::pin!(chunks);
                     while let Some(text) = chunks.next().await {
                         yield AgentEvent::Token(text);
@@ -283,7 +283,8 @@ impl Run {
                     while let Some(line) = lines.next().await {
                         let event = match line {
                             Ok(line) if line.trim().is_empty() => continue,
-                            Ok(line) => parse_line(&line),
+                            Ok(line) => lines::parse(&line, "command_error")
+                                .unwrap_or_else(|message| error("command_bad_output", message)),
                             Err(LinesCodecError::MaxLineLengthExceeded) => error(
                                 "command_line_too_long",
                                 format!("the command wrote a line longer than {} bytes", self.max_line_bytes),
@@ -345,186 +346,9 @@ async fn log_stderr(stderr: impl AsyncRead + Unpin, tail: StderrTail, run_id: St
     }
 }
 
-/// One jsonl line as an event: `{"event": NAME, …fields}`.
-fn parse_line(line: &str) -> AgentEvent {
-    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(line) else {
-        return error(
-            "command_bad_output",
-            format!("not a JSON object: {}", excerpt(line)),
-        );
-    };
-    let Some(Value::String(name)) = fields.remove("event") else {
-        return error(
-            "command_bad_output",
-            format!("no \"event\" name: {}", excerpt(line)),
-        );
-    };
-    let text = |fields: &Map<String, Value>, key: &str| {
-        fields.get(key).and_then(Value::as_str).map(str::to_owned)
-    };
-    match name.as_str() {
-        "token" => match text(&fields, "text") {
-            Some(t) => AgentEvent::Token(t),
-            None => error("command_bad_output", "a token event needs \"text\""),
-        },
-        "done" => AgentEvent::Done {
-            finish_reason: text(&fields, "finish_reason").unwrap_or_else(|| "stop".into()),
-            usage: fields
-                .get("usage")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-        },
-        "error" => {
-            let code = text(&fields, "code")
-                .filter(|c| {
-                    !c.is_empty()
-                        && c.bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                })
-                .unwrap_or_else(|| "command_error".into());
-            AgentEvent::Error {
-                code,
-                message: text(&fields, "message").unwrap_or_default(),
-            }
-        }
-        _ => AgentEvent::Other {
-            name,
-            data: Value::Object(fields),
-        },
-    }
-}
-
-fn excerpt(text: &str) -> String {
-    match text.char_indices().nth(200) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
-}
-
-/// stdout as text chunks, never splitting a UTF-8 character between two
-/// tokens (invalid bytes become U+FFFD).
-fn text_chunks(
-    mut stdout: impl AsyncRead + Unpin + Send + 'static,
-) -> impl futures::Stream<Item = String> + Send {
-    async_stream::stream! {
-        let mut buf = vec![0u8; 8192];
-        let mut carry: Vec<u8> = Vec::new();
-        loop {
-            let n = match stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            carry.extend_from_slice(&buf[..n]);
-            let (text, rest) = split_utf8(&carry);
-            carry = rest;
-            if !text.is_empty() {
-                yield text;
-            }
-        }
-        if !carry.is_empty() {
-            yield String::from_utf8_lossy(&carry).into_owned();
-        }
-    }
-}
-
-/// The longest decodable prefix of `bytes` and the incomplete character after it.
-fn split_utf8(bytes: &[u8]) -> (String, Vec<u8>) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_owned(), Vec::new()),
-        Err(e) if e.error_len().is_none() => {
-            let (done, rest) = bytes.split_at(e.valid_up_to());
-            (String::from_utf8_lossy(done).into_owned(), rest.to_vec())
-        }
-        Err(_) => {
-            // Invalid in the middle: decode what is complete, keep a trailing partial character.
-            let keep = trailing_partial(bytes);
-            let (done, rest) = bytes.split_at(bytes.len() - keep);
-            (String::from_utf8_lossy(done).into_owned(), rest.to_vec())
-        }
-    }
-}
-
-/// How many bytes at the end of `bytes` start a character not yet complete.
-fn trailing_partial(bytes: &[u8]) -> usize {
-    for back in 1..=3.min(bytes.len()) {
-        let b = bytes[bytes.len() - back];
-        if b & 0xC0 != 0x80 {
-            let needed = match b {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF7 => 4,
-                _ => 1,
-            };
-            return if needed > back { back } else { 0 };
-        }
-    }
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utf8_is_never_split_between_tokens() {
-        let text = "héllo ✓ 𝄞";
-        let bytes = text.as_bytes();
-        for cut in 0..=bytes.len() {
-            let (first, carry) = split_utf8(&bytes[..cut]);
-            let mut rest = carry;
-            rest.extend_from_slice(&bytes[cut..]);
-            let (second, left) = split_utf8(&rest);
-            assert!(left.is_empty());
-            assert_eq!(format!("{first}{second}"), text, "cut at {cut}");
-        }
-        let (text, rest) = split_utf8(b"a\xffb\xe2\x9c");
-        assert_eq!(text, "a\u{fffd}b");
-        assert_eq!(rest, b"\xe2\x9c");
-    }
-
-    #[test]
-    fn jsonl_lines_map_to_events() {
-        assert_eq!(
-            parse_line(r#"{"event":"token","text":"hi"}"#),
-            AgentEvent::Token("hi".into())
-        );
-        assert_eq!(
-            parse_line(r#"{"event":"tool_result","id":"c1","content":"42"}"#),
-            AgentEvent::Other {
-                name: "tool_result".into(),
-                data: json!({"id": "c1", "content": "42"})
-            }
-        );
-        assert_eq!(
-            parse_line(r#"{"event":"done","finish_reason":"length","usage":{"output_tokens":3}}"#),
-            AgentEvent::Done {
-                finish_reason: "length".into(),
-                usage: json!({"output_tokens": 3})
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-            }
-        );
-        assert_eq!(
-            parse_line(r#"{"event":"error","code":"Bad Code","message":"m"}"#),
-            AgentEvent::Error {
-                code: "command_error".into(),
-                message: "m".into()
-            }
-        );
-        for bad in [
-            "not json",
-            "[1]",
-            r#"{"text":"no event"}"#,
-            r#"{"event":"token"}"#,
-        ] {
-            assert!(
-                matches!(parse_line(bad), AgentEvent::Error { code, .. } if code == "command_bad_output"),
-                "{bad}"
-            );
-        }
-    }
 
     #[test]
     fn configuration_mistakes_are_reported() {

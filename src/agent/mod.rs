@@ -6,8 +6,11 @@
 //! agent plugs in by implementing the trait and registering in [`Agents`].
 
 pub mod command;
+pub mod lines;
 pub mod openai;
 pub mod sim;
+pub mod upstream;
+pub mod utf8;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -8,15 +8,13 @@
 //! the upstream connection: the upstream stops generating.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::time::Instant;
 
+use super::upstream::{self, error, error_message, excerpt, Deadlines, Timeouts};
 use super::{
     Agent, AgentEvent, AgentStream, Message, ParamError, ParamSpec, Params, Role, RunInput,
 };
@@ -24,8 +22,6 @@ use crate::config::ConfigError;
 
 /// Parameters a run may set when the config does not list its own.
 const DEFAULT_ALLOWED: &[&str] = &["temperature", "top_p", "max_tokens", "stop", "seed"];
-/// At most this much of an upstream error body is read into the message.
-const MAX_ERROR_BODY: usize = 8 * 1024;
 
 /// `[agents.NAME]` with `kind = "openai"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,35 +39,14 @@ struct Settings {
     defaults: Map<String, Value>,
     /// Request fields a run may set (`temperature`, `max_tokens`, …).
     allow_params: Option<Vec<String>>,
-    #[serde(default = "default_connect")]
+    #[serde(default = "upstream::default_connect")]
     connect_timeout_secs: f64,
-    #[serde(default = "default_first_token")]
+    #[serde(default = "upstream::default_first_token")]
     first_token_timeout_secs: f64,
-    #[serde(default = "default_idle")]
+    #[serde(default = "upstream::default_idle")]
     idle_timeout_secs: f64,
-    #[serde(default = "default_run")]
+    #[serde(default = "upstream::default_run")]
     max_run_secs: f64,
-}
-
-fn default_connect() -> f64 {
-    10.0
-}
-fn default_first_token() -> f64 {
-    120.0
-}
-fn default_idle() -> f64 {
-    60.0
-}
-fn default_run() -> f64 {
-    1800.0
-}
-
-/// The limits on one upstream request.
-#[derive(Debug, Clone, Copy)]
-struct Timeouts {
-    first_token: Duration,
-    idle: Duration,
-    run: Duration,
 }
 
 /// An OpenAI-compatible upstream.
@@ -108,50 +83,16 @@ impl OpenAi {
         ))
         .map_err(|e| invalid(format!("base_url `{}`: {e}", s.base_url)))?;
 
-        let mut headers = HeaderMap::new();
-        for (key, value) in &s.headers {
-            let name = HeaderName::from_bytes(key.as_bytes())
-                .map_err(|_| invalid(format!("headers: `{key}` is not a header name")))?;
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| invalid(format!("headers: the value of `{key}` is not valid")))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
+        let (client, timeouts) = upstream::Connection {
+            agent: name,
+            headers: &s.headers,
+            api_key_env: s.api_key_env.as_deref(),
+            connect_timeout_secs: s.connect_timeout_secs,
+            first_token_timeout_secs: s.first_token_timeout_secs,
+            idle_timeout_secs: s.idle_timeout_secs,
+            max_run_secs: s.max_run_secs,
         }
-        if let Some(var) = &s.api_key_env {
-            let key = std::env::var(var).map_err(|_| {
-                invalid(format!(
-                    "api_key_env: the environment variable {var} is not set"
-                ))
-            })?;
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
-                    invalid(format!(
-                        "api_key_env: {var} holds characters a header cannot carry"
-                    ))
-                })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        let seconds = |key: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                Err(invalid(format!(
-                    "{key} must be a positive number of seconds"
-                )))
-            }
-        };
-        let connect = seconds("connect_timeout_secs", s.connect_timeout_secs)?;
-        let timeouts = Timeouts {
-            first_token: seconds("first_token_timeout_secs", s.first_token_timeout_secs)?,
-            idle: seconds("idle_timeout_secs", s.idle_timeout_secs)?,
-            run: seconds("max_run_secs", s.max_run_secs)?,
-        };
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        .build()?;
         let allowed: Vec<String> = s
             .allow_params
             .unwrap_or_else(|| DEFAULT_ALLOWED.iter().map(|p| (*p).to_owned()).collect());
@@ -244,68 +185,28 @@ impl Agent for OpenAi {
     }
 }
 
-fn error(code: &str, message: impl Into<String>) -> AgentEvent {
-    AgentEvent::Error {
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
-/// Which limit a wait ran into.
-fn timeout_error(first: bool, run_deadline_hit: bool, t: Timeouts) -> AgentEvent {
-    if run_deadline_hit {
-        error(
-            "upstream_run_timeout",
-            format!("the upstream did not finish within {:?}", t.run),
-        )
-    } else if first {
-        error(
-            "upstream_first_token_timeout",
-            format!("the upstream sent no token within {:?}", t.first_token),
-        )
-    } else {
-        error(
-            "upstream_idle_timeout",
-            format!("the upstream sent nothing for {:?} mid-stream", t.idle),
-        )
-    }
-}
-
 fn stream(
     request: reqwest::RequestBuilder,
     t: Timeouts,
 ) -> impl futures::Stream<Item = AgentEvent> + Send {
     async_stream::stream! {
-        let started = Instant::now();
-        let run_deadline = started + t.run;
-        let first_deadline = (started + t.first_token).min(run_deadline);
-        let response = match tokio::time::timeout_at(first_deadline, request.send()).await {
-            Err(_) => {
-                yield timeout_error(true, first_deadline == run_deadline, t);
+        let deadlines = Deadlines::start(t);
+        let response = match deadlines.send(request).await {
+            Ok(response) => response,
+            Err(end) => {
+                yield end;
                 return;
             }
-            Ok(Err(e)) => {
-                yield request_error(&e);
-                return;
-            }
-            Ok(Ok(response)) => response,
         };
-        let status = response.status();
-        if !status.is_success() {
-            let message = error_body(response).await;
-            yield error(&format!("upstream_http_{}", status.as_u16()), message);
-            return;
-        }
         let mut events = response.bytes_stream().eventsource();
         let mut reader = ChunkReader::default();
         loop {
-            let deadline = if reader.produced { (Instant::now() + t.idle).min(run_deadline) } else { first_deadline };
-            let next = match tokio::time::timeout_at(deadline, events.next()).await {
-                Err(_) => {
-                    yield timeout_error(!reader.produced, deadline == run_deadline, t);
+            let next = match deadlines.next(&mut events, reader.produced).await {
+                Ok(next) => next,
+                Err(end) => {
+                    yield end;
                     return;
                 }
-                Ok(next) => next,
             };
             match next {
                 None => {
@@ -338,88 +239,6 @@ fn stream(
                 }
             }
         }
-    }
-}
-
-fn request_error(e: &reqwest::Error) -> AgentEvent {
-    if e.is_connect() && e.is_timeout() {
-        error(
-            "upstream_connect_timeout",
-            format!("connecting to the upstream timed out: {e}"),
-        )
-    } else if e.is_connect() {
-        error(
-            "upstream_unreachable",
-            format!("cannot connect to the upstream: {}", source_chain(e)),
-        )
-    } else if e.is_timeout() {
-        error(
-            "upstream_first_token_timeout",
-            format!("the upstream did not answer: {e}"),
-        )
-    } else {
-        error(
-            "upstream_unreachable",
-            format!("the request to the upstream failed: {}", source_chain(e)),
-        )
-    }
-}
-
-/// The error with its causes, which hold the useful part ("Connection refused").
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The upstream's own words from an error response: `error.message` of a
-/// JSON body, else the start of the body.
-async fn error_body(response: reqwest::Response) -> String {
-    let status = response.status();
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= MAX_ERROR_BODY {
-            body.truncate(MAX_ERROR_BODY);
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let from_json = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| error_message(&v));
-    match from_json {
-        Some(message) => message,
-        None if text.trim().is_empty() => format!("the upstream answered {status}"),
-        None => excerpt(&text),
-    }
-}
-
-/// `{"error": {"message": …}}`, `{"error": "…"}` or `{"message": …}`.
-fn error_message(value: &Value) -> Option<String> {
-    let error = value.get("error").unwrap_or(value);
-    match error {
-        Value::String(message) => Some(message.clone()),
-        Value::Object(map) => map
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| Some(Value::Object(map.clone()).to_string())),
-        _ => None,
-    }
-}
-
-fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(500) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
     }
 }
 

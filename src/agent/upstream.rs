@@ -1,0 +1,286 @@
+//! What every HTTP upstream shares (`openai` today, `http` next): the
+//! client with its connect timeout, headers and key; the first-token, idle
+//! and whole-run limits; and one mapping of every failure onto an `error`
+//! event, so each way a request can go wrong reads the same whatever the
+//! agent's kind.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::AgentEvent;
+use crate::config::ConfigError;
+
+/// At most this much of an upstream error body is read into the message.
+const MAX_ERROR_BODY: usize = 8 * 1024;
+
+/// The connection settings every HTTP agent kind has, as written in its
+/// config table (seconds as numbers).
+pub struct Connection<'a> {
+    /// The agent's name, for error messages.
+    pub agent: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+    /// Name of the environment variable holding the key sent as a bearer token.
+    pub api_key_env: Option<&'a str>,
+    pub connect_timeout_secs: f64,
+    pub first_token_timeout_secs: f64,
+    pub idle_timeout_secs: f64,
+    pub max_run_secs: f64,
+}
+
+impl Connection<'_> {
+    /// The HTTP client (connect timeout, headers, key) and the limits on
+    /// each request; every mistake is reported with the agent and the key.
+    pub fn build(&self) -> Result<(reqwest::Client, Timeouts), ConfigError> {
+        let invalid = |msg: String| super::invalid(self.agent, msg);
+        let mut headers = HeaderMap::new();
+        for (key, value) in self.headers {
+            let name = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| invalid(format!("headers: `{key}` is not a header name")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| invalid(format!("headers: the value of `{key}` is not valid")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        if let Some(var) = self.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                invalid(format!(
+                    "api_key_env: the environment variable {var} is not set"
+                ))
+            })?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
+                    invalid(format!(
+                        "api_key_env: {var} holds characters a header cannot carry"
+                    ))
+                })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let seconds = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(invalid(format!(
+                    "{key} must be a positive number of seconds"
+                )))
+            }
+        };
+        let connect = seconds("connect_timeout_secs", self.connect_timeout_secs)?;
+        let timeouts = Timeouts {
+            first_token: seconds("first_token_timeout_secs", self.first_token_timeout_secs)?,
+            idle: seconds("idle_timeout_secs", self.idle_timeout_secs)?,
+            run: seconds("max_run_secs", self.max_run_secs)?,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok((client, timeouts))
+    }
+}
+
+/// The default `connect_timeout_secs`.
+pub fn default_connect() -> f64 {
+    10.0
+}
+/// The default `first_token_timeout_secs`.
+pub fn default_first_token() -> f64 {
+    120.0
+}
+/// The default `idle_timeout_secs`.
+pub fn default_idle() -> f64 {
+    60.0
+}
+/// The default `max_run_secs`.
+pub fn default_run() -> f64 {
+    1800.0
+}
+
+/// The limits on one upstream request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub first_token: Duration,
+    pub idle: Duration,
+    pub run: Duration,
+}
+
+/// One request's deadlines, from the moment it is sent: the first token
+/// within `first_token`, then nothing quiet for longer than `idle`, and all
+/// within `run`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    timeouts: Timeouts,
+    first: Instant,
+    run: Instant,
+}
+
+impl Deadlines {
+    /// Starts the clock.
+    pub fn start(timeouts: Timeouts) -> Self {
+        let now = Instant::now();
+        let run = now + timeouts.run;
+        Self {
+            timeouts,
+            first: (now + timeouts.first_token).min(run),
+            run,
+        }
+    }
+
+    /// Sends the request: the response if it is a 2xx, else the event that
+    /// ends the run (a timeout, `upstream_unreachable`, `upstream_http_<status>`
+    /// with the body's own words).
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AgentEvent> {
+        let response = match tokio::time::timeout_at(self.first, request.send()).await {
+            Err(_) => return Err(self.timeout_error(true, self.first == self.run)),
+            Ok(Err(e)) => return Err(request_error(&e)),
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let message = error_body(response).await;
+            return Err(error(
+                &format!("upstream_http_{}", status.as_u16()),
+                message,
+            ));
+        }
+        Ok(response)
+    }
+
+    /// The stream's next item within the deadline that applies: the first
+    /// token's until `produced`, the idle one after; the run's always.
+    pub async fn next<S: Stream + Unpin>(
+        &self,
+        stream: &mut S,
+        produced: bool,
+    ) -> Result<Option<S::Item>, AgentEvent> {
+        let deadline = if produced {
+            (Instant::now() + self.timeouts.idle).min(self.run)
+        } else {
+            self.first
+        };
+        tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| self.timeout_error(!produced, deadline == self.run))
+    }
+
+    /// Which limit a wait ran into.
+    fn timeout_error(&self, first: bool, run_deadline_hit: bool) -> AgentEvent {
+        let t = self.timeouts;
+        if run_deadline_hit {
+            error(
+                "upstream_run_timeout",
+                format!("the upstream did not finish within {:?}", t.run),
+            )
+        } else if first {
+            error(
+                "upstream_first_token_timeout",
+                format!("the upstream sent no token within {:?}", t.first_token),
+            )
+        } else {
+            error(
+                "upstream_idle_timeout",
+                format!("the upstream sent nothing for {:?} mid-stream", t.idle),
+            )
+        }
+    }
+}
+
+/// An `error` event.
+pub fn error(code: &str, message: impl Into<String>) -> AgentEvent {
+    AgentEvent::Error {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn request_error(e: &reqwest::Error) -> AgentEvent {
+    if e.is_connect() && e.is_timeout() {
+        error(
+            "upstream_connect_timeout",
+            format!("connecting to the upstream timed out: {e}"),
+        )
+    } else if e.is_connect() {
+        error(
+            "upstream_unreachable",
+            format!("cannot connect to the upstream: {}", source_chain(e)),
+        )
+    } else if e.is_timeout() {
+        error(
+            "upstream_first_token_timeout",
+            format!("the upstream did not answer: {e}"),
+        )
+    } else {
+        error(
+            "upstream_unreachable",
+            format!("the request to the upstream failed: {}", source_chain(e)),
+        )
+    }
+}
+
+/// The error with its causes, which hold the useful part ("Connection refused").
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The upstream's own words from an error response: `error.message` of a
+/// JSON body, else the start of the body.
+async fn error_body(response: reqwest::Response) -> String {
+    let status = response.status();
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= MAX_ERROR_BODY {
+            body.truncate(MAX_ERROR_BODY);
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let from_json = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| error_message(&v));
+    match from_json {
+        Some(message) => message,
+        None if text.trim().is_empty() => format!("the upstream answered {status}"),
+        None => excerpt(&text),
+    }
+}
+
+/// `{"error": {"message": …}}`, `{"error": "…"}` or `{"message": …}`.
+pub fn error_message(value: &Value) -> Option<String> {
+    let error = value.get("error").unwrap_or(value);
+    match error {
+        Value::String(message) => Some(message.clone()),
+        Value::Object(map) => map
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| Some(Value::Object(map.clone()).to_string())),
+        _ => None,
+    }
+}
+
+/// At most 500 characters of `text`, for a message.
+pub fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(500) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
