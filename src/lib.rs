@@ -18,6 +18,7 @@
 //! - [`auth`]: API keys, session cookies and signed access tokens.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`tls`]: HTTPS with HTTP/2.
+//! - [`webhooks`]: Standard Webhooks signatures on requests to the user's servers.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod sse;
 pub mod telemetry;
 pub mod tls;
+pub mod webhooks;
 
 pub use agent::{Agent, AgentEvent, Agents};
 pub use config::Config;

@@ -6,6 +6,7 @@
 //! agent plugs in by implementing the trait and registering in [`Agents`].
 
 pub mod command;
+pub mod http;
 pub mod lines;
 pub mod openai;
 pub mod sim;
@@ -207,10 +208,11 @@ impl Agents {
                 }
                 "openai" => Arc::new(openai::OpenAi::from_settings(name, settings)?),
                 "command" => Arc::new(command::Command::from_settings(name, settings)?),
+                "http" => Arc::new(http::Http::from_settings(name, settings)?),
                 other => {
                     return Err(ConfigError::Invalid(format!(
-                        "agents.{name}: unknown kind `{other}` (expected sim, openai or command)"
-                    )))
+                    "agents.{name}: unknown kind `{other}` (expected sim, openai, command or http)"
+                )))
                 }
             };
             by_name.insert(name.clone(), agent);

@@ -191,14 +191,32 @@ fn stream(
 ) -> impl futures::Stream<Item = AgentEvent> + Send {
     async_stream::stream! {
         let deadlines = Deadlines::start(t);
-        let response = match deadlines.send(request).await {
-            Ok(response) => response,
-            Err(end) => {
-                yield end;
-                return;
+        match deadlines.send(request).await {
+            Ok(response) => {
+                let events = relay(response.bytes_stream().eventsource(), deadlines);
+                futures::pin_mut!(events);
+                while let Some(event) = events.next().await {
+                    yield event;
+                }
             }
-        };
-        let mut events = response.bytes_stream().eventsource();
+            Err(end) => yield end,
+        }
+    }
+}
+
+/// Relays a `chat.completion.chunk` SSE stream as run events, ending with
+/// exactly one terminal event: the `openai` kind's stream, and an `http`
+/// agent's answer in the `openai` format.
+pub(super) fn relay<S, E>(
+    events: S,
+    deadlines: Deadlines,
+) -> impl futures::Stream<Item = AgentEvent> + Send
+where
+    S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Send,
+    E: std::fmt::Display + Send,
+{
+    async_stream::stream! {
+        futures::pin_mut!(events);
         let mut reader = ChunkReader::default();
         loop {
             let next = match deadlines.next(&mut events, reader.produced).await {

@@ -10,6 +10,7 @@ mod cors;
 mod dashboard;
 mod errors;
 mod helpers;
+mod http_agent;
 mod lifecycle;
 mod metrics;
 mod openai;
