@@ -106,6 +106,7 @@ pub struct Http {
     client: reqwest::Client,
     secret: Option<SigningSecret>,
     format: Format,
+    body: BodyKind,
     params: Vec<ParamSpec>,
     timeouts: Timeouts,
 }
@@ -156,15 +157,13 @@ impl Http {
                 description: description.into(),
             })
             .collect();
-        // `body = "request"` matters only for runs started by /api/chat or
-        // /v1/chat/completions; every run today sends the Sluice object.
-        let _ = s.body;
         Ok(Self {
             url,
             method: s.method,
             client,
             secret,
             format: s.format,
+            body: s.body,
             params,
             timeouts,
         })
@@ -174,14 +173,17 @@ impl Http {
     fn request(&self, input: &RunInput) -> reqwest::RequestBuilder {
         let (builder, body) = match self.method {
             Method::Post => {
-                let body = json!({
-                    "run_id": input.run_id,
-                    "prompt": input.prompt,
-                    "params": input.params,
-                    "messages": input.messages,
-                    "request": Value::Null,
-                })
-                .to_string()
+                let body = match (&input.request, self.body) {
+                    (Some(request), BodyKind::Request) => request.to_string(),
+                    _ => json!({
+                        "run_id": input.run_id,
+                        "prompt": input.prompt,
+                        "params": input.params,
+                        "messages": input.messages,
+                        "request": input.request,
+                    })
+                    .to_string(),
+                }
                 .into_bytes();
                 let builder = self
                     .client
@@ -603,6 +605,7 @@ fn ui_chunk(chunk: &Value) -> Option<AgentEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::{Message, Params, Role};
 
     fn token(text: &str) -> Option<AgentEvent> {
         Some(AgentEvent::Token(text.into()))
@@ -696,6 +699,54 @@ mod tests {
                 data: json!({"t": 20})
             })
         );
+    }
+
+    fn agent(extra: &str) -> Http {
+        let table: toml::Table = format!("url = \"http://127.0.0.1:9/agent\"\n{extra}")
+            .parse()
+            .unwrap_or_default();
+        match Http::from_settings("app", table) {
+            Ok(agent) => agent,
+            Err(e) => panic!("valid settings: {e}"),
+        }
+    }
+
+    fn body_of(agent: &Http, input: &RunInput) -> Value {
+        let request = agent
+            .request(input)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bytes = request
+            .body()
+            .and_then(|b| b.as_bytes())
+            .unwrap_or_default();
+        serde_json::from_slice(bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn body_request_forwards_the_original_call_and_only_that() {
+        let chat = json!({"id": "chat-1", "messages": [{"role": "user", "parts": [{"type": "text", "text": "hi"}]}]});
+        let mut input = RunInput {
+            run_id: "r1".into(),
+            prompt: "hi".into(),
+            params: Params::new(),
+            messages: vec![Message {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            request: Some(chat.clone()),
+        };
+        assert_eq!(body_of(&agent("body = \"request\""), &input), chat);
+        let sluice_body = json!({"run_id": "r1", "prompt": "hi", "params": {}, "request": chat,
+            "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(body_of(&agent(""), &input), sluice_body);
+        input.request = None;
+        let body = body_of(&agent("body = \"request\""), &input);
+        assert_eq!(
+            body["run_id"], "r1",
+            "a run started elsewhere sends the Sluice object"
+        );
+        assert_eq!(body["request"], Value::Null);
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct RunInput {
     /// The conversation, never empty: the client's `messages`, or the
     /// prompt as the one user message.
     pub messages: Vec<Message>,
+    /// The body of the `/api/chat` or `/v1/chat/completions` call that
+    /// started the run, as it came; None for runs started elsewhere.
+    pub request: Option<Value>,
 }
 
 /// The most messages one run may carry (SPEC 9).

@@ -73,6 +73,7 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         prompt: prompt.clone(),
         params: start.params,
         messages,
+        request: None,
     })?;
     let meta = RunMeta {
         id: id.clone(),

@@ -141,6 +141,19 @@ async fn route(
             Bytes(b"n\xc3"), Bytes(b"\xa9 \xe2\x9c"), Bytes(b"\x93"),
         ]),
         "broken" => answer(&app, "text/plain", None, vec![Send("partial"), Sleep(20), Break]),
+        "ndjson-broken" => answer(&app, "application/x-ndjson", None, vec![Send("{\"event\":\"token\",\"text\":\"partial\"}\n"), Sleep(20), Break]),
+        "sse-broken" => answer(&app, "text/event-stream", None, vec![Send("data: \"partial\"\n\n"), Sleep(20), Break]),
+        "openai-broken" => answer(&app, "text/event-stream", None, vec![
+            Send("data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"partial\"},\"finish_reason\":null}]}\n\n"),
+            Sleep(20),
+            Break,
+        ]),
+        "ai-sdk-broken" => answer(&app, "text/event-stream", ui, vec![
+            Send("data: {\"type\":\"text-delta\",\"id\":\"t\",\"delta\":\"partial\"}\n\n"),
+            Sleep(20),
+            Break,
+        ]),
+        "idle" => answer(&app, "text/plain", None, vec![Send("first"), Sleep(30_000)]),
         "silent" => answer(&app, "text/plain", None, vec![Sleep(30_000)]),
         "slow" => answer(&app, "text/plain", None, (0..600).flat_map(|_| [Send("."), Sleep(50)]).collect()),
         "error500" => Response::builder()
@@ -180,6 +193,11 @@ async fn sluice(base: &str, extra: &str) -> TestApp {
         "silent",
         "slow",
         "error500",
+        "ndjson-broken",
+        "sse-broken",
+        "openai-broken",
+        "ai-sdk-broken",
+        "idle",
     ] {
         toml.push_str(&format!(
             "[agents.{name}]\nkind = \"http\"\nurl = \"{base}/{name}\"\n{extra}\n"
@@ -437,8 +455,135 @@ async fn a_cancel_aborts_the_applications_request_within_a_second() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let after = aborted.saturating_duration_since(cancelled_at);
+    eprintln!("http agent: the application's request aborted {after:?} after DELETE");
     assert!(
         after < Duration::from_secs(1),
         "aborted {after:?} after the cancel"
+    );
+}
+
+/// A connection that breaks mid-body is `upstream_truncated` in every
+/// format, with what arrived before it kept.
+#[tokio::test]
+async fn a_broken_connection_is_truncation_in_every_format() {
+    let (base, _app) = application().await;
+    let sluice = sluice(&base, "").await;
+    for agent in [
+        "broken",
+        "ndjson-broken",
+        "sse-broken",
+        "openai-broken",
+        "ai-sdk-broken",
+    ] {
+        let events = sluice
+            .events(&format!("/api/agent/stream?agent={agent}"))
+            .await;
+        assert_eq!(text_of(&events), "partial", "{agent}");
+        assert_eq!(end(&events).0, "error", "{agent}");
+        assert_eq!(end(&events).1["code"], "upstream_truncated", "{agent}");
+    }
+
+    // A reset (RST) after the headers and one chunk, and a body shorter
+    // than its Content-Length: both are truncation too.
+    for (name, head, reset) in [
+        (
+            "reset",
+            "transfer-encoding: chunked\r\n\r\n7\r\npartial\r\n",
+            true,
+        ),
+        ("short", "content-length: 100\r\n\r\npartial", false),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let _ = socket.read(&mut buf).await;
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{head}");
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if reset {
+                socket.set_zero_linger().unwrap();
+            }
+            drop(socket);
+        });
+        let cut = spawn_with(&format!(
+            "[agents.cut]\nkind = \"http\"\nurl = \"http://{addr}/agent\"\n"
+        ))
+        .await;
+        let events = cut.events("/api/agent/stream?agent=cut").await;
+        assert_eq!(text_of(&events), "partial", "{name}");
+        assert_eq!(end(&events).1["code"], "upstream_truncated", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_quiet_application_hits_the_idle_timeout() {
+    let (base, _app) = application().await;
+    let sluice = sluice(&base, "idle_timeout_secs = 1\n").await;
+    let started = Instant::now();
+    let events = sluice.events("/api/agent/stream?agent=idle").await;
+    assert_eq!(tokens_of(&events), ["first"]);
+    assert_eq!(end(&events).1["code"], "upstream_idle_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+/// The disconnect grace and max_run_secs drop the request too.
+#[tokio::test]
+async fn the_grace_and_the_run_limit_abort_the_applications_request() {
+    let (base, app) = application().await;
+    let sluice = spawn_with(&format!(
+        "[runs]\ndisconnect_grace_secs = 1\n[agents.slow]\nkind = \"http\"\nurl = \"{base}/slow\"\n"
+    ))
+    .await;
+    let response = sluice.get("/api/agent/stream?agent=slow").await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    futures::StreamExt::next(&mut body).await;
+    drop(body);
+    let left = Instant::now();
+    let deadline = left + Duration::from_secs(5);
+    let aborted = loop {
+        if let Some(at) = *app.aborted_at.lock().unwrap() {
+            break at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grace never aborted the request"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let after = aborted.saturating_duration_since(left);
+    eprintln!("http agent: aborted {after:?} after the client left (1 s grace)");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+        "aborted {after:?} after the client left, with a 1 s grace"
+    );
+
+    let (base, app) = application().await;
+    let limited = spawn_with(&format!(
+        "[agents.slow]\nkind = \"http\"\nurl = \"{base}/slow\"\nmax_run_secs = 1\n"
+    ))
+    .await;
+    let started = Instant::now();
+    let events = limited.events("/api/agent/stream?agent=slow").await;
+    assert_eq!(end(&events).1["code"], "upstream_run_timeout");
+    let ended = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let aborted = app
+        .aborted_at
+        .lock()
+        .unwrap()
+        .expect("the request was aborted");
+    let after = aborted.saturating_duration_since(started);
+    eprintln!("http agent: aborted at {after:?}, the 1 s run ended at {ended:?}");
+    assert!(
+        after < ended + Duration::from_secs(1),
+        "aborted at {after:?}, the run ended at {ended:?}"
     );
 }
