@@ -340,9 +340,10 @@ async fn a_post_carries_the_run_and_is_signed() {
     let (base, app) = application().await;
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     std::env::set_var("SLUICE_TEST_SIGNING_SECRET", secret);
+    std::env::set_var("SLUICE_TEST_APP_KEY", "k-123");
     let sluice = sluice(
         &base,
-        "signing_secret_env = \"SLUICE_TEST_SIGNING_SECRET\"\n",
+        "signing_secret_env = \"SLUICE_TEST_SIGNING_SECRET\"\napi_key_env = \"SLUICE_TEST_APP_KEY\"\nheaders = { \"X-Team\" = \"search\" }\n",
     )
     .await;
     let id = sluice
@@ -361,6 +362,8 @@ async fn a_post_carries_the_run_and_is_signed() {
             {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
     );
     assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(seen.headers["x-team"], "search");
+    assert_eq!(seen.headers["authorization"], "Bearer k-123");
     assert_eq!(seen.headers["webhook-id"], id.as_str());
     let timestamp: u64 = seen.headers["webhook-timestamp"]
         .to_str()

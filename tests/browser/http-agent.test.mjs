@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Webhook } from 'standardwebhooks';
-import { POST as aiSdkRoute, WORDS } from './apps/ai-sdk-route.mjs';
+import { POST as aiSdkRoute, POSTWithTools, WORDS } from './apps/ai-sdk-route.mjs';
 import { CHUNKS, GET as seedRoute } from './apps/seed-route.mjs';
 import { serveRoutes } from './apps/serve.mjs';
 import { missing, startSluice } from './helpers.mjs';
@@ -41,6 +41,7 @@ before(async () => {
       return aiSdkRoute(new Request(request.url, { method: 'POST', headers: request.headers, body }));
     },
     'GET /api/agent': seedRoute,
+    'POST /api/chat-tools': POSTWithTools,
   });
   const dir = path.join(root, 'target/e2e');
   mkdirSync(dir, { recursive: true });
@@ -50,6 +51,10 @@ before(async () => {
 kind = "http"
 url = "${app.base}/api/chat"
 signing_secret_env = "SLUICE_E2E_SIGNING_SECRET"
+
+[agents.tools]
+kind = "http"
+url = "${app.base}/api/chat-tools"
 
 [agents.seed]
 kind = "http"
@@ -118,4 +123,16 @@ test("the seed's GET route handler streams through Sluice unchanged", { skip }, 
   const query = new URL(request.url).searchParams;
   assert.equal(query.get('prompt'), 'a story');
   assert.equal(query.get('run_id'), events[0].data.run_id);
+});
+
+test('reasoning, a tool call and its result from a real AI SDK route map to Sluice events', { skip }, async () => {
+  const events = await read(`${sluice.base}/api/agent/stream?agent=tools&prompt=${encodeURIComponent('Weather in Paris?')}`);
+  const named = (name) => events.filter((e) => e.event === name).map((e) => e.data);
+  assert.deepEqual(named('reasoning'), [{ text: 'The user wants the weather.' }]);
+  assert.deepEqual(named('tool_call'), [
+    { id: 'call-1', type: 'function', function: { name: 'weather', arguments: '{"city":"Paris"}' } },
+  ]);
+  assert.deepEqual(named('tool_result'), [{ id: 'call-1', content: { city: 'Paris', temperature: 21 } }]);
+  assert.equal(events.at(-1).event, 'done');
+  assert.equal(events.at(-1).data.finish_reason, 'tool-calls', "the finish chunk's own reason");
 });
