@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Map};
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
@@ -233,20 +233,13 @@ struct Run {
     run_id: String,
 }
 
-fn error(code: &str, message: impl Into<String>) -> AgentEvent {
-    AgentEvent::Error {
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
 impl Run {
     fn events(mut self) -> impl futures::Stream<Item = AgentEvent> + Send {
         async_stream::stream! {
             let mut child = match self.command.spawn() {
                 Ok(child) => child,
                 Err(e) => {
-                    yield error("command_failed", format!("cannot start the command: {e}"));
+                    yield AgentEvent::error("command_failed", format!("cannot start the command: {e}"));
                     return;
                 }
             };
@@ -266,7 +259,7 @@ impl Run {
                 tokio::spawn(log_stderr(stderr, tail.clone(), self.run_id.clone()))
             });
             let Some(stdout) = child.stdout.take() else {
-                yield error("command_failed", "the command has no stdout");
+                yield AgentEvent::error("command_failed", "the command has no stdout");
                 return;
             };
             let mut terminal = None;
@@ -284,14 +277,14 @@ impl Run {
                         let event = match line {
                             Ok(line) if line.trim().is_empty() => continue,
                             Ok(line) => lines::parse(&line, "command_error")
-                                .unwrap_or_else(|message| error("command_bad_output", message)),
-                            Err(LinesCodecError::MaxLineLengthExceeded) => error(
+                                .unwrap_or_else(|message| AgentEvent::error("command_bad_output", message)),
+                            Err(LinesCodecError::MaxLineLengthExceeded) => AgentEvent::error(
                                 "command_line_too_long",
                                 format!("the command wrote a line longer than {} bytes", self.max_line_bytes),
                             ),
-                            Err(LinesCodecError::Io(e)) => error("command_failed", format!("reading stdout failed: {e}")),
+                            Err(LinesCodecError::Io(e)) => AgentEvent::error("command_failed", format!("reading stdout failed: {e}")),
                         };
-                        if matches!(event, AgentEvent::Done { .. } | AgentEvent::Error { .. }) {
+                        if event.is_terminal() {
                             terminal = Some(event);
                             break;
                         }
@@ -311,9 +304,9 @@ impl Run {
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(500), task).await;
             }
             yield match status {
-                Ok(status) if status.success() => AgentEvent::Done { finish_reason: "stop".into(), usage: Map::new() },
-                Ok(status) => error("command_failed", failure_message(status, &tail.text())),
-                Err(e) => error("command_failed", format!("cannot wait for the command: {e}")),
+                Ok(status) if status.success() => AgentEvent::stop(),
+                Ok(status) => AgentEvent::error("command_failed", failure_message(status, &tail.text())),
+                Err(e) => AgentEvent::error("command_failed", format!("cannot wait for the command: {e}")),
             };
         }
     }

@@ -48,6 +48,29 @@ pub enum AgentEvent {
     Error { code: String, message: String },
 }
 
+impl AgentEvent {
+    /// A terminal `error` event; `code` is snake_case.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        AgentEvent::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The terminal `done` of a run that ended by itself: `stop`, no usage.
+    pub fn stop() -> Self {
+        AgentEvent::Done {
+            finish_reason: "stop".into(),
+            usage: Map::new(),
+        }
+    }
+
+    /// Whether this event ends the run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, AgentEvent::Done { .. } | AgentEvent::Error { .. })
+    }
+}
+
 /// A parameter an agent accepts, as listed by `GET /api/agents`.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {

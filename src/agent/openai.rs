@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::upstream::{self, error, error_message, excerpt, Deadlines, Timeouts};
+use super::upstream::{self, error_message, excerpt, relay_body, Deadlines, Reader, Timeouts};
 use super::{
     Agent, AgentEvent, AgentStream, Message, ParamError, ParamSpec, Params, Role, RunInput,
 };
@@ -69,14 +69,7 @@ impl OpenAi {
         if s.model.trim().is_empty() {
             return Err(invalid("`model` is empty".into()));
         }
-        let base = reqwest::Url::parse(s.base_url.trim_end_matches('/'))
-            .map_err(|e| invalid(format!("base_url `{}` is not a URL: {e}", s.base_url)))?;
-        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-            return Err(invalid(format!(
-                "base_url `{}` must be an http:// or https:// URL",
-                s.base_url
-            )));
-        }
+        let base = upstream::parse_url(name, "base_url", s.base_url.trim_end_matches('/'))?;
         let url = reqwest::Url::parse(&format!(
             "{}/chat/completions",
             base.as_str().trim_end_matches('/')
@@ -215,49 +208,7 @@ where
     S: futures::Stream<Item = Result<eventsource_stream::Event, E>> + Send,
     E: std::fmt::Display + Send,
 {
-    async_stream::stream! {
-        futures::pin_mut!(events);
-        let mut reader = ChunkReader::default();
-        loop {
-            let next = match deadlines.next(&mut events, reader.produced).await {
-                Ok(next) => next,
-                Err(end) => {
-                    yield end;
-                    return;
-                }
-            };
-            match next {
-                None => {
-                    yield reader.finish_at_eof();
-                    return;
-                }
-                Some(Err(e)) => {
-                    yield error("upstream_truncated", format!("the upstream stream broke: {e}"));
-                    return;
-                }
-                Some(Ok(event)) => {
-                    if event.data.trim() == "[DONE]" {
-                        yield reader.finish_at_eof();
-                        return;
-                    }
-                    let chunk: Value = match serde_json::from_str(&event.data) {
-                        Ok(chunk) => chunk,
-                        Err(e) => {
-                            yield error("upstream_bad_chunk", format!("the upstream sent a chunk that is not JSON ({e}): {}", excerpt(&event.data)));
-                            return;
-                        }
-                    };
-                    for out in reader.read(&chunk) {
-                        let terminal = matches!(out, AgentEvent::Error { .. });
-                        yield out;
-                        if terminal {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    relay_body(events, deadlines, ChunkReader::default())
 }
 
 /// A tool call assembled from its deltas.
@@ -273,21 +224,44 @@ struct ToolCall {
 /// from chunks to events.
 #[derive(Debug, Default)]
 struct ChunkReader {
-    /// A token, reasoning or tool call has arrived: idle timeouts apply now.
-    produced: bool,
     content_chunks: u64,
     finish_reason: Option<String>,
     usage: Option<Map<String, Value>>,
     tool_calls: BTreeMap<u64, ToolCall>,
 }
 
+impl Reader for ChunkReader {
+    type Item = eventsource_stream::Event;
+
+    /// `[DONE]` ends the stream; any other event is one JSON chunk.
+    fn read(&mut self, event: eventsource_stream::Event) -> Vec<AgentEvent> {
+        if event.data.trim() == "[DONE]" {
+            return vec![self.finish_at_eof()];
+        }
+        match serde_json::from_str::<Value>(&event.data) {
+            Ok(chunk) => self.read_chunk(&chunk),
+            Err(e) => vec![AgentEvent::error(
+                "upstream_bad_chunk",
+                format!(
+                    "the upstream sent a chunk that is not JSON ({e}): {}",
+                    excerpt(&event.data)
+                ),
+            )],
+        }
+    }
+
+    fn finish(mut self) -> Vec<AgentEvent> {
+        vec![self.finish_at_eof()]
+    }
+}
+
 impl ChunkReader {
     /// The events one chunk yields.
-    fn read(&mut self, chunk: &Value) -> Vec<AgentEvent> {
+    fn read_chunk(&mut self, chunk: &Value) -> Vec<AgentEvent> {
         let mut out = Vec::new();
         if let Some(err) = chunk.get("error") {
             let message = error_message(chunk).unwrap_or_else(|| err.to_string());
-            out.push(error("upstream_error", message));
+            out.push(AgentEvent::error("upstream_error", message));
             return out;
         }
         if let Some(usage) = chunk.get("usage").and_then(Value::as_object) {
@@ -307,7 +281,6 @@ impl ChunkReader {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
             {
-                self.produced = true;
                 out.push(AgentEvent::Other {
                     name: "reasoning".into(),
                     data: json!({"text": text}),
@@ -320,12 +293,10 @@ impl ChunkReader {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
         {
-            self.produced = true;
             self.content_chunks += 1;
             out.push(AgentEvent::Token(text.to_owned()));
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            self.produced = true;
             for (position, call) in calls.iter().enumerate() {
                 let index = call
                     .get("index")
@@ -373,7 +344,7 @@ impl ChunkReader {
     /// The terminal event when the upstream's stream ends (`[DONE]` or EOF).
     fn finish_at_eof(&mut self) -> AgentEvent {
         let Some(finish_reason) = self.finish_reason.take() else {
-            return error(
+            return AgentEvent::error(
                 "upstream_truncated",
                 "the upstream stream ended without a finish_reason or [DONE]",
             );
@@ -513,7 +484,7 @@ mod tests {
             json!({"choices": null, "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}),
         ]
         .iter()
-        .flat_map(|chunk| reader.read(chunk))
+        .flat_map(|chunk| reader.read_chunk(chunk))
         .collect();
         assert_eq!(
             events,
@@ -547,8 +518,10 @@ mod tests {
     #[test]
     fn without_usage_output_tokens_are_counted_and_marked() {
         let mut reader = ChunkReader::default();
-        reader.read(&json!({"choices": [{"delta": {"content": "a"}}]}));
-        reader.read(&json!({"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}));
+        reader.read_chunk(&json!({"choices": [{"delta": {"content": "a"}}]}));
+        reader.read_chunk(
+            &json!({"choices": [{"delta": {"content": "b"}, "finish_reason": "stop"}]}),
+        );
         let AgentEvent::Done { usage, .. } = reader.finish_at_eof() else {
             panic!("done expected")
         };
@@ -561,11 +534,15 @@ mod tests {
     #[test]
     fn an_end_without_finish_reason_is_truncation_and_errors_are_errors() {
         let mut reader = ChunkReader::default();
-        reader.read(&json!({"choices": [{"delta": {"content": "a"}}]}));
+        reader.read_chunk(&json!({"choices": [{"delta": {"content": "a"}}]}));
         assert!(
             matches!(reader.finish_at_eof(), AgentEvent::Error { code, .. } if code == "upstream_truncated")
         );
-        let out = ChunkReader::default().read(&json!({"error": {"message": "model overloaded"}}));
-        assert_eq!(out, vec![error("upstream_error", "model overloaded")]);
+        let out =
+            ChunkReader::default().read_chunk(&json!({"error": {"message": "model overloaded"}}));
+        assert_eq!(
+            out,
+            vec![AgentEvent::error("upstream_error", "model overloaded")]
+        );
     }
 }

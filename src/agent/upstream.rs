@@ -47,11 +47,7 @@ impl Connection<'_> {
             headers.insert(name, value);
         }
         if let Some(var) = self.api_key_env {
-            let key = std::env::var(var).map_err(|_| {
-                invalid(format!(
-                    "api_key_env: the environment variable {var} is not set"
-                ))
-            })?;
+            let key = env_value(self.agent, "api_key_env", var)?;
             let mut value =
                 HeaderValue::from_str(&format!("Bearer {}", key.trim())).map_err(|_| {
                     invalid(format!(
@@ -147,7 +143,7 @@ impl Deadlines {
         let status = response.status();
         if !status.is_success() {
             let message = error_body(response).await;
-            return Err(error(
+            return Err(AgentEvent::error(
                 &format!("upstream_http_{}", status.as_u16()),
                 message,
             ));
@@ -176,17 +172,17 @@ impl Deadlines {
     fn timeout_error(&self, first: bool, run_deadline_hit: bool) -> AgentEvent {
         let t = self.timeouts;
         if run_deadline_hit {
-            error(
+            AgentEvent::error(
                 "upstream_run_timeout",
                 format!("the upstream did not finish within {:?}", t.run),
             )
         } else if first {
-            error(
+            AgentEvent::error(
                 "upstream_first_token_timeout",
                 format!("the upstream sent no token within {:?}", t.first_token),
             )
         } else {
-            error(
+            AgentEvent::error(
                 "upstream_idle_timeout",
                 format!("the upstream sent nothing for {:?} mid-stream", t.idle),
             )
@@ -194,32 +190,104 @@ impl Deadlines {
     }
 }
 
-/// An `error` event.
-pub fn error(code: &str, message: impl Into<String>) -> AgentEvent {
-    AgentEvent::Error {
-        code: code.to_owned(),
-        message: message.into(),
+/// One format's reading of an upstream's body, item by item: the openai
+/// kind's chunks, and each format of an `http` agent's answer.
+pub trait Reader: Send {
+    /// What the body is made of: bytes, or SSE events.
+    type Item: Send;
+    /// The events one item yields.
+    fn read(&mut self, item: Self::Item) -> Vec<AgentEvent>;
+    /// The events of a clean end of the body without a terminal event.
+    fn finish(self) -> Vec<AgentEvent>;
+}
+
+/// Relays `items` through `reader`, the one loop every upstream body goes
+/// through: within the deadlines (the idle one once an event came), a
+/// broken body as `upstream_truncated`, and an end at the first terminal
+/// event.
+pub fn relay_body<S, E, R>(
+    items: S,
+    deadlines: Deadlines,
+    mut reader: R,
+) -> impl Stream<Item = AgentEvent> + Send
+where
+    S: Stream<Item = Result<R::Item, E>> + Send,
+    E: std::fmt::Display + Send,
+    R: Reader,
+{
+    async_stream::stream! {
+        futures::pin_mut!(items);
+        let mut produced = false;
+        loop {
+            let events = match deadlines.next(&mut items, produced).await {
+                Err(end) => vec![end],
+                Ok(None) => break,
+                Ok(Some(Err(e))) => vec![AgentEvent::error(
+                    "upstream_truncated",
+                    format!("the upstream's stream broke: {e}"),
+                )],
+                Ok(Some(Ok(item))) => reader.read(item),
+            };
+            for event in events {
+                produced = true;
+                let terminal = event.is_terminal();
+                yield event;
+                if terminal {
+                    return;
+                }
+            }
+        }
+        for event in reader.finish() {
+            let terminal = event.is_terminal();
+            yield event;
+            if terminal {
+                return;
+            }
+        }
     }
+}
+
+/// An http(s) URL from the config key `key` of agent `agent`.
+pub fn parse_url(agent: &str, key: &str, text: &str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| super::invalid(agent, format!("{key} `{text}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(super::invalid(
+            agent,
+            format!("{key} `{text}` must be an http:// or https:// URL"),
+        ));
+    }
+    Ok(url)
+}
+
+/// The value of the environment variable that config key `key` names.
+pub fn env_value(agent: &str, key: &str, var: &str) -> Result<String, ConfigError> {
+    std::env::var(var).map_err(|_| {
+        super::invalid(
+            agent,
+            format!("{key}: the environment variable {var} is not set"),
+        )
+    })
 }
 
 fn request_error(e: &reqwest::Error) -> AgentEvent {
     if e.is_connect() && e.is_timeout() {
-        error(
+        AgentEvent::error(
             "upstream_connect_timeout",
             format!("connecting to the upstream timed out: {e}"),
         )
     } else if e.is_connect() {
-        error(
+        AgentEvent::error(
             "upstream_unreachable",
             format!("cannot connect to the upstream: {}", source_chain(e)),
         )
     } else if e.is_timeout() {
-        error(
+        AgentEvent::error(
             "upstream_first_token_timeout",
             format!("the upstream did not answer: {e}"),
         )
     } else {
-        error(
+        AgentEvent::error(
             "upstream_unreachable",
             format!("the request to the upstream failed: {}", source_chain(e)),
         )

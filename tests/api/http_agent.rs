@@ -154,6 +154,7 @@ async fn route(
             Break,
         ]),
         "idle" => answer(&app, "text/plain", None, vec![Send("first"), Sleep(30_000)]),
+        "plain-ndjson" => answer(&app, "text/plain", None, vec![Send("{\"event\":\"token\",\"text\":\"a\"}\n")]),
         "silent" => answer(&app, "text/plain", None, vec![Sleep(30_000)]),
         "slow" => answer(&app, "text/plain", None, (0..600).flat_map(|_| [Send("."), Sleep(50)]).collect()),
         "error500" => Response::builder()
@@ -589,4 +590,31 @@ async fn the_grace_and_the_run_limit_abort_the_applications_request() {
         after < ended + Duration::from_secs(1),
         "aborted at {after:?}, the run ended at {ended:?}"
     );
+}
+
+/// `format` set in the config wins over what the headers say; only `auto`
+/// looks at them (and at the first SSE event).
+#[tokio::test]
+async fn a_configured_format_wins_over_the_headers() {
+    let (base, _app) = application().await;
+    let sluice = spawn_with(&format!(
+        "[agents.lines]\nkind = \"http\"\nurl = \"{base}/plain-ndjson\"\nformat = \"ndjson\"\n\
+         [agents.plain]\nkind = \"http\"\nurl = \"{base}/plain-ndjson\"\n\
+         [agents.as-sse]\nkind = \"http\"\nurl = \"{base}/openai\"\nformat = \"sse\"\n"
+    ))
+    .await;
+    let events = sluice.events("/api/agent/stream?agent=lines").await;
+    assert_eq!(tokens_of(&events), ["a"]);
+    let events = sluice.events("/api/agent/stream?agent=plain").await;
+    assert_eq!(
+        text_of(&events),
+        "{\"event\":\"token\",\"text\":\"a\"}\n",
+        "auto: text/plain is text"
+    );
+    // Read as plain SSE, OpenAI chunks are `message` events, not tokens.
+    let events = sluice.events("/api/agent/stream?agent=as-sse").await;
+    assert!(tokens_of(&events).is_empty(), "{events:?}");
+    let messages = events.iter().filter(|e| e.event == "message").count();
+    assert_eq!(messages, 3, "two chunks and [DONE]: {events:?}");
+    assert_eq!(end(&events).1["finish_reason"], "stop");
 }

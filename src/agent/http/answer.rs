@@ -1,88 +1,23 @@
 //! Reading an `http` agent's answer in its format (SPEC 10's table). Each
 //! format is a [`Reader`] that turns the body's items into run events and
-//! says how a clean end finishes; [`relay_body`] is the one loop they share:
-//! the deadlines of [`super::super::upstream`], a broken body as
-//! `upstream_truncated`, and a stop at the first terminal event.
-
-use std::fmt::Display;
+//! says how a clean end finishes; [`upstream::relay_body`](relay_body) is
+//! the one loop they share with the `openai` kind: the deadlines, a broken
+//! body as `upstream_truncated`, and a stop at the first terminal event.
 
 use bytes::Bytes;
 use eventsource_stream::Event;
-use futures::Stream;
 use serde_json::{json, Map, Value};
 
+#[cfg(doc)]
+use crate::agent::upstream::relay_body;
+
 use crate::agent::lines;
-use crate::agent::upstream::{error, excerpt, Deadlines};
+use crate::agent::upstream::{excerpt, Reader};
 use crate::agent::utf8::Utf8Chunks;
 use crate::agent::AgentEvent;
 
 /// The longest `ndjson` line read; a longer one ends the run.
 const MAX_LINE: usize = 1024 * 1024;
-
-/// One format's reading of a body, item by item.
-pub trait Reader: Send {
-    /// What the body is made of: bytes, or SSE events.
-    type Item: Send;
-    /// The events one item yields.
-    fn read(&mut self, item: Self::Item) -> Vec<AgentEvent>;
-    /// The events of a clean end of the body without a terminal event.
-    fn finish(self) -> Vec<AgentEvent>;
-}
-
-/// Relays `items` through `reader`: within the deadlines, ending at the
-/// first terminal event, a broken body as `upstream_truncated`.
-pub fn relay_body<S, E, R>(
-    items: S,
-    deadlines: Deadlines,
-    mut reader: R,
-) -> impl Stream<Item = AgentEvent> + Send
-where
-    S: Stream<Item = Result<R::Item, E>> + Send,
-    E: Display + Send,
-    R: Reader,
-{
-    async_stream::stream! {
-        futures::pin_mut!(items);
-        let mut produced = false;
-        loop {
-            let events = match deadlines.next(&mut items, produced).await {
-                Err(end) => vec![end],
-                Ok(None) => break,
-                Ok(Some(Err(e))) => vec![error(
-                    "upstream_truncated",
-                    format!("the connection to the application broke: {e}"),
-                )],
-                Ok(Some(Ok(item))) => reader.read(item),
-            };
-            for event in events {
-                produced = true;
-                let terminal = is_terminal(&event);
-                yield event;
-                if terminal {
-                    return;
-                }
-            }
-        }
-        for event in reader.finish() {
-            let terminal = is_terminal(&event);
-            yield event;
-            if terminal {
-                return;
-            }
-        }
-    }
-}
-
-fn is_terminal(event: &AgentEvent) -> bool {
-    matches!(event, AgentEvent::Done { .. } | AgentEvent::Error { .. })
-}
-
-fn done_stop() -> AgentEvent {
-    AgentEvent::Done {
-        finish_reason: "stop".into(),
-        usage: Map::new(),
-    }
-}
 
 /// `text`: every chunk is token text, never splitting a character; a clean
 /// end is `done` `stop`.
@@ -100,7 +35,7 @@ impl Reader for Text {
     }
     fn finish(self) -> Vec<AgentEvent> {
         let mut out: Vec<AgentEvent> = self.0.finish().map(AgentEvent::Token).into_iter().collect();
-        out.push(done_stop());
+        out.push(AgentEvent::stop());
         out
     }
 }
@@ -115,14 +50,17 @@ pub struct Ndjson {
 impl Reader for Ndjson {
     type Item = Bytes;
     fn read(&mut self, bytes: Bytes) -> Vec<AgentEvent> {
+        // Only the new bytes can hold the end of the pending line.
+        let mut from = self.pending.len();
         self.pending.extend_from_slice(&bytes);
         let mut out = Vec::new();
-        while let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=at).collect();
+        while let Some(at) = self.pending[from..].iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=from + at).collect();
             out.extend(ndjson_line(&line));
+            from = 0;
         }
         if self.pending.len() > MAX_LINE {
-            out.push(error(
+            out.push(AgentEvent::error(
                 "upstream_bad_chunk",
                 format!("the application sent a line longer than {MAX_LINE} bytes"),
             ));
@@ -131,7 +69,7 @@ impl Reader for Ndjson {
     }
     fn finish(self) -> Vec<AgentEvent> {
         let mut out: Vec<AgentEvent> = ndjson_line(&self.pending).into_iter().collect();
-        out.push(done_stop());
+        out.push(AgentEvent::stop());
         out
     }
 }
@@ -143,7 +81,10 @@ fn ndjson_line(line: &[u8]) -> Option<AgentEvent> {
     if line.is_empty() {
         return None;
     }
-    Some(lines::parse(line, "upstream_error").unwrap_or_else(|m| error("upstream_bad_chunk", m)))
+    Some(
+        lines::parse(line, "upstream_error")
+            .unwrap_or_else(|m| AgentEvent::error("upstream_bad_chunk", m)),
+    )
 }
 
 /// Plain `sse`: named events map to themselves, unnamed data to tokens or
@@ -156,7 +97,7 @@ impl Reader for Sse {
         sse_event(&event.event, &event.data).into_iter().collect()
     }
     fn finish(self) -> Vec<AgentEvent> {
-        vec![done_stop()]
+        vec![AgentEvent::stop()]
     }
 }
 
@@ -186,7 +127,7 @@ fn sse_event(name: &str, data: &str) -> Option<AgentEvent> {
         let line = Value::Object(fields).to_string();
         return Some(
             lines::parse(&line, "upstream_error")
-                .unwrap_or_else(|m| error("upstream_bad_chunk", m)),
+                .unwrap_or_else(|m| AgentEvent::error("upstream_bad_chunk", m)),
         );
     }
     let text = match &json {
@@ -219,7 +160,7 @@ impl Reader for UiMessages {
         }
         match serde_json::from_str::<Value>(data) {
             Ok(chunk) => ui_chunk(&chunk).into_iter().collect(),
-            Err(e) => vec![error(
+            Err(e) => vec![AgentEvent::error(
                 "upstream_bad_chunk",
                 format!(
                     "the application sent a chunk that is not JSON ({e}): {}",
@@ -229,7 +170,7 @@ impl Reader for UiMessages {
         }
     }
     fn finish(self) -> Vec<AgentEvent> {
-        vec![error(
+        vec![AgentEvent::error(
             "upstream_truncated",
             "the application's UI message stream ended without a finish chunk",
         )]
@@ -269,7 +210,7 @@ fn ui_chunk(chunk: &Value) -> Option<AgentEvent> {
             finish_reason: text("finishReason").unwrap_or_else(|| "stop".into()),
             usage: Map::new(),
         },
-        "error" => error(
+        "error" => AgentEvent::error(
             "upstream_error",
             text("errorText").unwrap_or_else(|| "the application reported an error".into()),
         ),
@@ -372,7 +313,7 @@ mod tests {
         );
         assert_eq!(
             ui_chunk(&json!({"type": "error", "errorText": "boom"})),
-            Some(error("upstream_error", "boom"))
+            Some(AgentEvent::error("upstream_error", "boom"))
         );
         assert_eq!(
             ui_chunk(&json!({"type": "data-weather", "data": {"t": 20}})),

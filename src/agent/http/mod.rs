@@ -13,17 +13,18 @@ mod answer;
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::upstream::{self, Deadlines, Timeouts};
+use super::upstream::{self, relay_body, Deadlines, Timeouts};
 use super::{openai, Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
 use crate::config::ConfigError;
 use crate::webhooks::signing::SigningSecret;
-use answer::{relay_body, Ndjson, Sse, Text, UiMessages};
+use answer::{Ndjson, Sse, Text, UiMessages};
 
 /// What Sluice accepts back, in the order it prefers.
 const ACCEPTED: &str = "text/event-stream, application/x-ndjson, text/plain";
@@ -114,30 +115,18 @@ impl Http {
     /// Builds the agent `name` from its config table; every mistake is
     /// reported with the agent's name and the key at fault.
     pub fn from_settings(name: &str, settings: toml::Table) -> Result<Self, ConfigError> {
-        let invalid = |msg: String| super::invalid(name, msg);
         let s: Settings = super::settings(name, settings)?;
-        let url = reqwest::Url::parse(&s.url)
-            .map_err(|e| invalid(format!("url `{}` is not a URL: {e}", s.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(invalid(format!(
-                "url `{}` must be an http:// or https:// URL",
-                s.url
-            )));
-        }
-        let secret = match &s.signing_secret_env {
-            None => None,
-            Some(var) => {
-                let text = std::env::var(var).map_err(|_| {
-                    invalid(format!(
-                        "signing_secret_env: the environment variable {var} is not set"
-                    ))
-                })?;
-                Some(
-                    SigningSecret::parse(&text)
-                        .map_err(|e| invalid(format!("signing_secret_env: {var}: {e}")))?,
-                )
-            }
-        };
+        let url = upstream::parse_url(name, "url", &s.url)?;
+        let secret =
+            match &s.signing_secret_env {
+                None => None,
+                Some(var) => {
+                    let text = upstream::env_value(name, "signing_secret_env", var)?;
+                    Some(SigningSecret::parse(&text).map_err(|e| {
+                        super::invalid(name, format!("signing_secret_env: {var}: {e}"))
+                    })?)
+                }
+            };
         let (client, timeouts) = upstream::Connection {
             agent: name,
             headers: &s.headers,
@@ -172,7 +161,7 @@ impl Http {
     fn request(&self, input: &RunInput) -> reqwest::RequestBuilder {
         let (builder, body) = match self.method {
             Method::Post => {
-                let body = match (&input.request, self.body) {
+                let body: Bytes = match (&input.request, self.body) {
                     (Some(request), BodyKind::Request) => request.to_string(),
                     _ => json!({
                         "run_id": input.run_id,
@@ -183,7 +172,7 @@ impl Http {
                     })
                     .to_string(),
                 }
-                .into_bytes();
+                .into();
                 let builder = self
                     .client
                     .post(self.url.clone())
@@ -204,7 +193,7 @@ impl Http {
                         };
                     }
                 }
-                (self.client.get(url), Vec::new())
+                (self.client.get(url), Bytes::new())
             }
         };
         let mut builder = builder
