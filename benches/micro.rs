@@ -26,8 +26,10 @@ fn meta(id: &RunId) -> RunMeta {
     RunMeta {
         id: id.clone(),
         agent: "sim".into(),
+        model: "sim".into(),
         prompt: String::new(),
         created_at: SystemTime::now(),
+        chat: None,
         cancel_on_disconnect: false,
         owner: None,
     }
@@ -45,7 +47,7 @@ fn encode(c: &mut Criterion) {
         let mut seq = 0u64;
         b.iter(|| {
             seq += 1;
-            black_box(sluice::sse::encode(
+            black_box(sluice::wire::sse::encode(
                 id.as_str(),
                 seq,
                 "token",
@@ -150,8 +152,9 @@ fn fan_out(c: &mut Criterion) {
                         let _ = hub.start(meta(&id), events).await;
                         let mut readers = Vec::with_capacity(subscribers);
                         for _ in 0..subscribers {
-                            let Ok(Resume::Events(subscription)) =
-                                hub.subscribe(id.clone(), 0, None).await
+                            let Ok(Resume::Events(subscription)) = hub
+                                .subscribe(id.clone(), 0, sluice::wire::Format::Sluice, None)
+                                .await
                             else {
                                 panic!("subscribe");
                             };

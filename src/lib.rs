@@ -28,10 +28,10 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
-pub mod sse;
 pub mod telemetry;
 pub mod tls;
 pub mod webhooks;
+pub mod wire;
 
 pub use agent::{Agent, AgentEvent, Agents};
 pub use config::Config;

@@ -19,7 +19,12 @@ use crate::hub::{rfc3339, RunId};
 
 /// The routes that accept `access_token` in the query: the SSE ones, for
 /// `EventSource`, which cannot set headers.
-const TOKEN_ROUTES: &[&str] = &["/api/agent/stream", "/api/runs/{id}/events"];
+const TOKEN_ROUTES: &[&str] = &[
+    "/api/agent/stream",
+    "/api/runs/{id}/events",
+    "/api/chat",
+    "/api/chat/{chat_id}/stream",
+];
 /// The longest access token anyone may ask for.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 

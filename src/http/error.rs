@@ -1,6 +1,7 @@
 //! Every error the API answers with: one enum, one JSON shape,
 //! `{"error": {"code": "snake_case", "message": "human readable"}}`.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,6 +30,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("unknown run")]
     RunNotFound,
+    /// `/v1/chat/completions` named a model that is no agent.
+    #[error("{0}")]
+    ModelNotFound(String),
     #[error("the run's events are no longer retained")]
     RunGone,
     #[error("no route for {0}")]
@@ -63,7 +67,9 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            Self::RunNotFound | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::RunNotFound | Self::RouteNotFound(_) | Self::ModelNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::RunGone => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +89,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::UriTooLong(_) => "uri_too_long",
             Self::RunNotFound => "run_not_found",
+            Self::ModelNotFound(_) => "model_not_found",
             Self::RunGone => "run_evicted",
             Self::RouteNotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -118,6 +125,20 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
+    }
+}
+
+impl ApiError {
+    /// A request body that could not be read: too large (`413`) or broken.
+    pub fn body(rejection: &BytesRejection, max_body_bytes: usize) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge {
+                code: "body_too_large",
+                message: format!("the request body is larger than {max_body_bytes} bytes"),
+            }
+        } else {
+            Self::InvalidJson(format!("cannot read the request body: {rejection}"))
+        }
     }
 }
 

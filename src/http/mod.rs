@@ -1,10 +1,14 @@
 //! The HTTP API: router, shared state and the serve loop.
 
 pub mod auth;
+pub mod chat;
 pub mod dashboard;
 pub mod error;
 pub mod limits;
+pub mod openai;
+pub mod query;
 pub mod runs;
+pub mod start;
 pub mod stream;
 
 use std::future::Future;
@@ -160,6 +164,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}", get(runs::snapshot).delete(runs::cancel))
         .route("/api/runs/{id}/events", get(stream::run_events))
         .route("/api/agents", get(runs::agents))
+        .route("/api/chat", post(chat::send))
+        .route(
+            "/api/chat/{chat_id}/stream",
+            get(chat::resume).delete(chat::stop),
+        )
         .route(
             "/api/session",
             post(auth::create_session).delete(auth::delete_session),
@@ -169,8 +178,18 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // The OpenAI SDKs' door: the same auth, errors in OpenAI's shape.
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn(openai::error_shape));
     Router::new()
         .merge(api)
+        .merge(v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

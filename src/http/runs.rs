@@ -2,8 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
-use axum::http::request::Parts;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -11,84 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::limits;
-use super::stream::Query;
+use super::query::{Query, RunIdPath};
+use super::start::{start_run, StartRun};
 use super::AppState;
-use crate::agent::{conversation, Message, Params, RunInput, MAX_MESSAGES};
+use crate::agent::{Message, Params, MAX_MESSAGES};
 use crate::auth::{Caller, Scope};
-use crate::hub::{Cancelled, RunId, RunMeta, RunSnapshot};
-
-/// What starting a run needs, from either route.
-pub struct StartRun {
-    pub agent: String,
-    /// The prompt; when absent, the last user message's content.
-    pub prompt: Option<String>,
-    /// The conversation; when empty, the prompt as the one user message.
-    pub messages: Vec<Message>,
-    pub params: Params,
-    pub cancel_on_disconnect: bool,
-    /// The caller's key: only it will see the run.
-    pub owner: Option<String>,
-}
-
-/// Checks the request and starts the run: agent, prompt size, capacity,
-/// parameters, in that order. Nothing is started when any check fails.
-pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiError> {
-    let agent = state.agents.get(&start.agent).ok_or_else(|| {
-        ApiError::UnknownAgent(format!(
-            "no agent named `{}` (available: {})",
-            start.agent,
-            state.agents.names().join(", ")
-        ))
-    })?;
-    let (prompt, messages) = conversation(start.prompt, start.messages);
-    let max_prompt = state.config.runs.max_prompt_bytes;
-    if prompt.len() > max_prompt {
-        return Err(ApiError::TooLarge {
-            code: "prompt_too_large",
-            message: format!(
-                "the prompt is {} bytes; the limit is {max_prompt}",
-                prompt.len()
-            ),
-        });
-    }
-    if let Some(key) = &start.owner {
-        limits::check_running(
-            state.hub.running_for(&start.owner),
-            state.config.auth.max_running_per_key,
-        )?;
-        state.run_rate.take(key)?;
-    }
-    let max_running = state.config.server.max_running;
-    if state.hub.running() >= max_running {
-        return Err(ApiError::Unavailable {
-            code: "too_many_runs",
-            message: format!("the gateway is at its limit of {max_running} running runs"),
-            retry_after_secs: 5,
-        });
-    }
-    let id = RunId::generate()?;
-    let events = agent.start(RunInput {
-        run_id: id.to_string(),
-        prompt: prompt.clone(),
-        params: start.params,
-        messages,
-        request: None,
-    })?;
-    let meta = RunMeta {
-        id: id.clone(),
-        agent: start.agent,
-        prompt,
-        created_at: std::time::SystemTime::now(),
-        cancel_on_disconnect: start.cancel_on_disconnect,
-        owner: start.owner,
-    };
-    let agent = meta.agent.clone();
-    state.hub.start(meta, events).await?;
-    tracing::Span::current().record("run_id", id.as_str());
-    tracing::info!(run_id = id.as_str(), agent, "run started");
-    Ok(id)
-}
+use crate::hub::{Cancelled, RunSnapshot};
 
 /// The body of `POST /api/runs`.
 #[derive(Debug, Deserialize)]
@@ -117,19 +44,7 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge {
-                code: "body_too_large",
-                message: format!(
-                    "the request body is larger than {} bytes",
-                    state.config.server.max_body_bytes
-                ),
-            }
-        } else {
-            ApiError::InvalidJson(format!("cannot read the request body: {rejection}"))
-        }
-    })?;
+    let body = body.map_err(|e| ApiError::body(&e, state.config.server.max_body_bytes))?;
     let request: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
     if request.messages.len() > MAX_MESSAGES {
@@ -147,6 +62,8 @@ pub async fn create(
             params: request.params,
             cancel_on_disconnect: request.cancel_on_disconnect,
             owner: caller.key.clone(),
+            request: None,
+            chat: None,
         },
     )
     .await?;
@@ -229,19 +146,4 @@ pub async fn agents(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "agents": agents }))
-}
-
-/// The `{id}` of a run route. An id that cannot name a run is answered like
-/// an unknown run: `404`.
-pub struct RunIdPath(pub RunId);
-
-impl<S: Send + Sync> FromRequestParts<S> for RunIdPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::RunNotFound)?;
-        RunId::parse(&id).map(Self).ok_or(ApiError::RunNotFound)
-    }
 }

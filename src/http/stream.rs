@@ -1,7 +1,8 @@
 //! The SSE routes: the one-shot `GET /api/agent/stream` and
-//! `GET /api/runs/{id}/events`, with resume by `Last-Event-ID`.
+//! `GET /api/runs/{id}/events`, with resume by `Last-Event-ID`, in any wire
+//! format (`format=sluice|openai|ai-sdk`); and the SSE response every route
+//! that streams a run answers with.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::check_scope;
 use super::error::ApiError;
-use super::runs::{start_run, RunIdPath, StartRun};
+use super::query::{self, resume_point, Query, RunIdPath};
+use super::start::{start_run, StartRun};
 use super::AppState;
 use crate::agent::Params;
 use crate::auth::Caller;
 use crate::hub::{Chunk, Resume, RunId, Seq, Subscription};
 use crate::metrics::Metrics;
-use crate::sse;
+use crate::wire::{ai_sdk, sse, Format};
 
 /// What a client is told to wait before reconnecting when shutdown ends its stream.
 const SHUTDOWN_RETRY_MS: u64 = 1000;
@@ -43,12 +45,13 @@ pub async fn one_shot(
     let mut query = Query::parse(query.as_deref())?;
     // Checked by the auth middleware already.
     query.take("access_token");
+    let format = query::format(&mut query)?;
     let resume = resume_point(&headers, query.take("last_event_id"))?;
     check_scope(&caller, resume.as_ref().map(|(id, _)| id))?;
     // Taken before anything starts: a refused stream must not start a run.
     let slot = state.streams.try_open()?;
     if let Some((run_id, seq)) = resume {
-        return stream_run(&state, &caller, slot, run_id, seq).await;
+        return stream_run(&state, &caller, slot, run_id, seq, format).await;
     }
     let agent = query.take("agent").unwrap_or_else(|| "sim".to_owned());
     let prompt = query.take("prompt").unwrap_or_default();
@@ -65,10 +68,12 @@ pub async fn one_shot(
             params,
             cancel_on_disconnect: true,
             owner: caller.key.clone(),
+            request: None,
+            chat: None,
         },
     )
     .await?;
-    stream_run(&state, &caller, slot, run_id, 0).await
+    stream_run(&state, &caller, slot, run_id, 0, format).await
 }
 
 /// `GET /api/runs/{id}/events`: a run's events from the first, or after
@@ -83,6 +88,7 @@ pub async fn run_events(
     check_scope(&caller, Some(&id))?;
     let mut query = Query::parse(query.as_deref())?;
     query.take("access_token");
+    let format = query::format(&mut query)?;
     let after = match resume_point(&headers, query.take("last_event_id"))? {
         Some((resume_id, _)) if resume_id != id => {
             return Err(ApiError::InvalidParam(format!(
@@ -94,61 +100,27 @@ pub async fn run_events(
     };
     if let Some(key) = query.first_key() {
         return Err(ApiError::InvalidParam(format!(
-            "unknown query parameter `{key}` (this route takes last_event_id)"
+            "unknown query parameter `{key}` (this route takes last_event_id and format)"
         )));
     }
     let slot = state.streams.try_open()?;
-    stream_run(&state, &caller, slot, id, after).await
+    stream_run(&state, &caller, slot, id, after, format).await
 }
 
-/// The resume cursor: the `Last-Event-ID` header, else the `last_event_id`
-/// query parameter; `{run_id}:{seq}`. An empty value means none.
-fn resume_point(
-    headers: &HeaderMap,
-    from_query: Option<String>,
-) -> Result<Option<(RunId, Seq)>, ApiError> {
-    let value = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| ApiError::InvalidParam("Last-Event-ID is not ASCII".into()))?
-                .to_owned(),
-        ),
-        None => from_query,
-    };
-    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
-        return Ok(None);
-    };
-    parse_event_id(value.trim()).map(Some).ok_or_else(|| {
-        ApiError::InvalidParam(format!(
-            "last_event_id `{}` is not of the form {{run_id}}:{{seq}}",
-            value.chars().take(100).collect::<String>()
-        ))
-    })
-}
-
-/// Splits `{run_id}:{seq}`.
-pub fn parse_event_id(text: &str) -> Option<(RunId, Seq)> {
-    let (run, seq) = text.rsplit_once(':')?;
-    let seq = if seq.bytes().all(|b| b.is_ascii_digit()) {
-        seq.parse().ok()?
-    } else {
-        return None;
-    };
-    Some((RunId::parse(run)?, seq))
-}
-
-async fn stream_run(
+/// Run `run_id`'s events after `after` in `format` as an SSE response;
+/// `204` when the run has finished and nothing follows.
+pub async fn stream_run(
     state: &AppState,
     caller: &Caller,
     slot: StreamSlot,
     run_id: RunId,
     after: Seq,
+    format: Format,
 ) -> Result<Response, ApiError> {
     tracing::Span::current().record("run_id", run_id.as_str());
     let resume = state
         .hub
-        .subscribe(run_id.clone(), after, caller.key.clone())
+        .subscribe(run_id.clone(), after, format, caller.key.clone())
         .await?;
     if after > 0 {
         state.metrics.resumed();
@@ -159,6 +131,7 @@ async fn stream_run(
             let body = sse_body(
                 subscription,
                 slot,
+                format,
                 state.config.keep_alive(),
                 state.streams_end.clone(),
                 state.metrics.clone(),
@@ -173,6 +146,10 @@ async fn stream_run(
             headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
             if let Ok(value) = HeaderValue::from_str(run_id.as_str()) {
                 headers.insert("x-run-id", value);
+            }
+            if format == Format::AiSdk {
+                let (name, value) = ai_sdk::HEADER;
+                headers.insert(name, HeaderValue::from_static(value));
             }
             Ok(response)
         }
@@ -193,6 +170,7 @@ enum Step {
 fn sse_body(
     mut subscription: Subscription,
     slot: StreamSlot,
+    format: Format,
     keep_alive: Duration,
     streams_end: CancellationToken,
     metrics: Arc<Metrics>,
@@ -230,10 +208,14 @@ fn sse_body(
                 }
                 Step::KeepAlive => {
                     last_write = Instant::now();
-                    yield Ok(Bytes::from_static(sse::KEEP_ALIVE));
+                    yield Ok(Bytes::from_static(format.keep_alive()));
                 }
                 Step::Shutdown => {
-                    yield Ok(sse::retry_frame(SHUTDOWN_RETRY_MS));
+                    // The OpenAI SDKs would read a lone `retry:` as an
+                    // empty event and fail on it; their streams just end.
+                    if format != Format::OpenAi {
+                        yield Ok(sse::retry_frame(SHUTDOWN_RETRY_MS));
+                    }
                     break;
                 }
                 Step::End => break,
@@ -286,120 +268,5 @@ pub struct StreamSlot(Arc<StreamSlots>);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A query string as single-valued parameters, in order of appearance.
-pub struct Query(Vec<(String, String)>);
-
-impl Query {
-    /// Parses `a=1&b=2`; a parameter given twice is an error, since which
-    /// one was meant cannot be known.
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut seen = HashSet::new();
-        let mut pairs = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-            if key.is_empty() {
-                continue;
-            }
-            if !seen.insert(key.clone()) {
-                return Err(ApiError::InvalidParam(format!(
-                    "parameter `{key}` is given more than once"
-                )));
-            }
-            pairs.push((key.into_owned(), value.into_owned()));
-        }
-        Ok(Self(pairs))
-    }
-
-    /// Removes and returns `key`.
-    pub fn take(&mut self, key: &str) -> Option<String> {
-        let index = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.remove(index).1)
-    }
-
-    /// The parameters not taken, in order.
-    pub fn into_rest(self) -> impl Iterator<Item = (String, String)> {
-        self.0.into_iter()
-    }
-
-    /// The first parameter not taken, if any.
-    pub fn first_key(&self) -> Option<&str> {
-        self.0.first().map(|(k, _)| k.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    proptest::proptest! {
-        /// Outside input never panics the parsers, and a well-formed id
-        /// always comes back as it was.
-        #[test]
-        fn last_event_id_and_query_parsers_take_any_input(text in ".{0,200}", seq in proptest::prelude::any::<u64>()) {
-            let _ = parse_event_id(&text);
-            let _ = Query::parse(Some(&text));
-            let mut headers = HeaderMap::new();
-            if let Ok(value) = HeaderValue::from_str(&text) {
-                headers.insert("last-event-id", value);
-            }
-            let _ = resume_point(&headers, Some(text.clone()));
-            let id = format!("run_{}", text.len());
-            let parsed = parse_event_id(&format!("{id}:{seq}")).map(|(r, s)| (r.to_string(), s));
-            proptest::prop_assert_eq!(parsed, Some((id, seq)));
-        }
-    }
-
-    #[test]
-    fn event_ids_parse_at_the_last_colon() {
-        let parsed = parse_event_id("abc_1:42").map(|(id, seq)| (id.to_string(), seq));
-        assert_eq!(parsed, Some(("abc_1".to_owned(), 42)));
-        for bad in [
-            "",
-            "abc",
-            ":1",
-            "abc:",
-            "abc:-1",
-            "abc:+1",
-            "abc:1x",
-            "a b:1",
-            "abc:99999999999999999999",
-        ] {
-            assert!(parse_event_id(bad).is_none(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn header_wins_over_query_and_empty_means_none() {
-        let mut headers = HeaderMap::new();
-        headers.insert("last-event-id", HeaderValue::from_static("h:3"));
-        let got = resume_point(&headers, Some("q:5".into())).ok().flatten();
-        assert_eq!(
-            got.map(|(id, seq)| (id.to_string(), seq)),
-            Some(("h".into(), 3))
-        );
-        let got = resume_point(&HeaderMap::new(), Some("q:5".into()))
-            .ok()
-            .flatten();
-        assert_eq!(
-            got.map(|(id, seq)| (id.to_string(), seq)),
-            Some(("q".into(), 5))
-        );
-        assert!(matches!(
-            resume_point(&HeaderMap::new(), Some(String::new())),
-            Ok(None)
-        ));
-        assert!(resume_point(&HeaderMap::new(), Some("nonsense".into())).is_err());
-    }
-
-    #[test]
-    fn duplicate_query_parameters_are_rejected() {
-        assert!(Query::parse(Some("a=1&a=2")).is_err());
-        let query = Query::parse(Some("prompt=hi%20there&tokens=3&seed=1"));
-        let rest: Vec<(String, String)> =
-            query.map(|q| q.into_rest().collect()).unwrap_or_default();
-        assert_eq!(rest.len(), 3);
-        assert_eq!(rest[0], ("prompt".into(), "hi there".into()));
     }
 }

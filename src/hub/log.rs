@@ -6,6 +6,11 @@
 //! that. Waiting is done on a `watch` channel whose version moves on every
 //! append, so a subscriber that read the log and then waits cannot miss an
 //! event appended in between.
+//!
+//! The log keeps Sluice's own frames. A subscriber in another format
+//! (`format=openai`, `ai-sdk`) reads a view: the same events rendered in
+//! that format, each once, when the first subscriber of the format gets to
+//! it, and then shared like the frames are.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -16,6 +21,7 @@ use tokio::sync::watch;
 
 use super::record::Entry;
 use super::RunStatus;
+use crate::wire::{Event, Format, Render, RunHead};
 
 /// At most this many bytes go into one coalesced chunk, so a subscriber far
 /// behind (a resume of a long run) is served in pieces of bounded size.
@@ -35,6 +41,26 @@ struct LogState {
     bytes: u64,
     text: String,
     end: Option<Ended>,
+    /// The events in other formats, for as far as subscribers have read.
+    views: Vec<View>,
+}
+
+/// A run's events rendered in one other format.
+struct View {
+    format: Format,
+    render: Box<dyn Render>,
+    /// The rendering of event `seq` at index `seq - 1` (empty when the
+    /// format has nothing for it).
+    frames: Vec<Bytes>,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("format", &self.format)
+            .field("frames", &self.frames.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,36 +140,46 @@ impl RunLog {
     /// (at least one frame), as one chunk.
     pub fn read(&self, cursor: usize) -> Read {
         let state = self.lock();
-        let ready = state.frames.get(cursor..).unwrap_or_default();
-        match ready {
-            [] if state.end.is_some() => Read::Ended,
-            [] => Read::Pending,
-            [one, ..] if ready.len() == 1 || one.len() >= MAX_CHUNK_BYTES => Read::Chunk {
-                bytes: one.clone(),
-                events: 1,
-                ready: ready.len(),
+        chunk_of(&state.frames, cursor, state.end.is_some())
+    }
+
+    /// Like [`RunLog::read`], in `format`: events not yet rendered in it are
+    /// rendered now, once for every subscriber of the format. A chunk's
+    /// bytes are empty when the format has nothing for its events.
+    pub fn read_as(&self, cursor: usize, format: Format, head: &RunHead) -> Read {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let index = match state.views.iter().position(|v| v.format == format) {
+            Some(index) => index,
+            None => match format.renderer(head) {
+                Some(render) => {
+                    state.views.push(View {
+                        format,
+                        render,
+                        frames: Vec::new(),
+                    });
+                    state.views.len() - 1
+                }
+                None => return chunk_of(&state.frames, cursor, state.end.is_some()),
             },
-            _ => {
-                let mut size = 0;
-                let events = ready
-                    .iter()
-                    .take_while(|frame| {
-                        let fits = size == 0 || size + frame.len() <= MAX_CHUNK_BYTES;
-                        size += frame.len();
-                        fits
-                    })
-                    .count();
-                let mut chunk = BytesMut::with_capacity(size.min(MAX_CHUNK_BYTES));
-                for frame in &ready[..events] {
-                    chunk.extend_from_slice(frame);
-                }
-                Read::Chunk {
-                    bytes: chunk.freeze(),
-                    events,
-                    ready: ready.len(),
-                }
+        };
+        let view = &mut state.views[index];
+        // Render up to the cursor, then about one chunk beyond it: never the
+        // whole of a long run at once under the lock.
+        let mut ahead = 0;
+        while let Some(frame) = state.frames.get(view.frames.len()) {
+            if view.frames.len() > cursor && ahead >= MAX_CHUNK_BYTES {
+                break;
             }
+            let seq = view.frames.len() as u64 + 1;
+            let rendered = view.render.render(Event::from_frame(seq, frame));
+            if view.frames.len() >= cursor {
+                ahead += rendered.len();
+            }
+            view.frames.push(rendered);
         }
+        let ended = state.end.is_some() && view.frames.len() == state.frames.len();
+        chunk_of(&view.frames, cursor, ended)
     }
 
     /// A receiver that wakes on the next append.
@@ -192,10 +228,56 @@ impl RunLog {
         }
     }
 
+    /// Bytes of the other formats' renderings held for subscribers.
+    pub fn view_bytes(&self) -> u64 {
+        let state = self.lock();
+        state
+            .views
+            .iter()
+            .flat_map(|view| &view.frames)
+            .map(|frame| frame.len() as u64)
+            .sum()
+    }
+
     fn lock(&self) -> MutexGuard<'_, LogState> {
         // A panic while holding the lock leaves the log consistent (every
         // mutation is a single push or assignment), so poisoning is ignored.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The frames after the first `cursor`, up to [`MAX_CHUNK_BYTES`] (at
+/// least one frame), as one chunk; `ended` says the run has no more.
+fn chunk_of(frames: &[Bytes], cursor: usize, ended: bool) -> Read {
+    let ready = frames.get(cursor..).unwrap_or_default();
+    match ready {
+        [] if ended => Read::Ended,
+        [] => Read::Pending,
+        [one, ..] if ready.len() == 1 || one.len() >= MAX_CHUNK_BYTES => Read::Chunk {
+            bytes: one.clone(),
+            events: 1,
+            ready: ready.len(),
+        },
+        _ => {
+            let mut size = 0;
+            let events = ready
+                .iter()
+                .take_while(|frame| {
+                    let fits = size == 0 || size + frame.len() <= MAX_CHUNK_BYTES;
+                    size += frame.len();
+                    fits
+                })
+                .count();
+            let mut chunk = BytesMut::with_capacity(size.min(MAX_CHUNK_BYTES));
+            for frame in &ready[..events] {
+                chunk.extend_from_slice(frame);
+            }
+            Read::Chunk {
+                bytes: chunk.freeze(),
+                events,
+                ready: ready.len(),
+            }
+        }
     }
 }
 
@@ -288,7 +370,7 @@ mod tests {
         /// log chunk by chunk yields exactly the events after its cursor.
         #[test]
         fn reading_from_any_cursor_yields_exactly_the_later_events(
-            texts in proptest::collection::vec(crate::sse::tests::nasty_text(), 0..40),
+            texts in proptest::collection::vec(crate::wire::sse::tests::nasty_text(), 0..40),
             start in 0usize..45,
         ) {
             use crate::agent::AgentEvent;
@@ -297,8 +379,10 @@ mod tests {
             let meta = RunMeta {
                 id: RunId::parse("r").unwrap_or_else(|| unreachable!()),
                 agent: "sim".into(),
+                model: "sim".into(),
                 prompt: String::new(),
                 created_at: SystemTime::UNIX_EPOCH,
+                chat: None,
                 cancel_on_disconnect: false,
                 owner: None,
             };
@@ -316,7 +400,7 @@ mod tests {
                 at += events;
             }
             proptest::prop_assert_eq!(at, texts.len() + 1);
-            let events = crate::sse::tests::parse_all(&bytes);
+            let events = crate::wire::sse::tests::parse_all(&bytes);
             let first_seq = cursor + 1;
             proptest::prop_assert_eq!(events.len(), texts.len() + 1 - cursor);
             for (i, event) in events.iter().enumerate() {

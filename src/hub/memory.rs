@@ -25,6 +25,7 @@ use super::{
 use crate::agent::AgentStream;
 use crate::config::RunsConfig;
 use crate::metrics::Metrics;
+use crate::wire::{Format, RunHead};
 
 /// How long an evicted run's id is remembered, to answer `410` rather than `404`.
 const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -68,6 +69,8 @@ struct Registry {
     finished: VecDeque<(Instant, RunId)>,
     /// Running runs per owner, for the per-key limit.
     running_by_owner: HashMap<Viewer, usize>,
+    /// The latest run of each AI SDK chat, by owner and chat id.
+    chats: HashMap<(Viewer, String), RunId>,
     gone: GoneIds,
 }
 
@@ -247,6 +250,12 @@ impl Shared {
     fn evict(&self, registry: &mut Registry, id: RunId, now: Instant) {
         if let Some(run) = registry.runs.remove(&id) {
             registry.by_age.remove(&run.ordinal);
+            if let Some(chat) = &run.meta.chat {
+                let key = (run.meta.owner.clone(), chat.clone());
+                if registry.chats.get(&key) == Some(&id) {
+                    registry.chats.remove(&key);
+                }
+            }
             self.retained_bytes
                 .fetch_sub(run.log.bytes(), Ordering::Relaxed);
             tracing::debug!(run_id = %id, "run evicted");
@@ -405,13 +414,24 @@ struct Subscriber {
     run: Arc<Run>,
     grace: Duration,
     cursor: usize,
+    format: Format,
+    head: RunHead,
     changed: watch::Receiver<()>,
 }
 
 impl Subscriber {
     async fn next_chunk(&mut self) -> Option<Chunk> {
         loop {
-            match self.run.log.read(self.cursor) {
+            let read = match self.format {
+                Format::Sluice => self.run.log.read(self.cursor),
+                format => self.run.log.read_as(self.cursor, format, &self.head),
+            };
+            match read {
+                // Events the format has nothing for: on to the next.
+                Read::Chunk { bytes, events, .. } if bytes.is_empty() => {
+                    self.cursor += events;
+                    continue;
+                }
                 Read::Chunk {
                     bytes,
                     events,
@@ -450,7 +470,13 @@ impl Drop for Subscriber {
 }
 
 impl MemoryHub {
-    fn subscribe_now(&self, id: &RunId, after: Seq, viewer: &Viewer) -> Result<Resume, HubError> {
+    fn subscribe_now(
+        &self,
+        id: &RunId,
+        after: Seq,
+        format: Format,
+        viewer: &Viewer,
+    ) -> Result<Resume, HubError> {
         let run = self.shared.lookup(id, viewer)?;
         // Watch before reading the position, so an append in between still
         // wakes this subscriber.
@@ -466,9 +492,11 @@ impl MemoryHub {
         run.subscribers.fetch_add(1, Ordering::SeqCst);
         run.epoch.fetch_add(1, Ordering::SeqCst);
         let subscriber = Subscriber {
+            head: run.meta.head(),
             run,
             grace: self.shared.disconnect_grace,
             cursor: after as usize,
+            format,
             changed,
         };
         let stream = futures::stream::unfold(subscriber, |mut sub| async move {
@@ -569,6 +597,11 @@ impl HubBackend for MemoryHub {
             let size = run.log.append(first);
             registry.runs.insert(run.meta.id.clone(), run.clone());
             registry.by_age.insert(ordinal, run.meta.id.clone());
+            if let Some(chat) = &run.meta.chat {
+                registry
+                    .chats
+                    .insert((run.meta.owner.clone(), chat.clone()), run.meta.id.clone());
+            }
             *registry
                 .running_by_owner
                 .entry(run.meta.owner.clone())
@@ -588,9 +621,19 @@ impl HubBackend for MemoryHub {
         &self,
         id: RunId,
         after: Seq,
+        format: Format,
         viewer: Viewer,
     ) -> BoxFuture<'_, Result<Resume, HubError>> {
-        futures::future::ready(self.subscribe_now(&id, after, &viewer)).boxed()
+        futures::future::ready(self.subscribe_now(&id, after, format, &viewer)).boxed()
+    }
+
+    fn chat_run(
+        &self,
+        chat: String,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Option<RunId>, HubError>> {
+        let run = self.shared.registry().chats.get(&(viewer, chat)).cloned();
+        futures::future::ready(Ok(run)).boxed()
     }
 
     fn snapshot(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunSnapshot, HubError>> {
@@ -698,14 +741,18 @@ mod tests {
             let meta = RunMeta {
                 id: id(n),
                 agent: "sim".into(),
+                model: "sim".into(),
                 prompt: String::new(),
                 created_at: std::time::SystemTime::now(),
+                chat: None,
                 cancel_on_disconnect: true,
                 owner: None,
             };
             assert!(hub.start(meta, forever()).await.is_ok());
         }
-        if let Ok(Resume::Events(subscription)) = hub.subscribe(id(2), 0, None).await {
+        if let Ok(Resume::Events(subscription)) =
+            hub.subscribe(id(2), 0, Format::Sluice, None).await
+        {
             subscriptions.push(subscription);
         }
         assert_eq!(subscriptions.len(), 1);
@@ -728,8 +775,10 @@ mod tests {
         let meta = RunMeta {
             id: id(1),
             agent: "broken".into(),
+            model: "broken".into(),
             prompt: String::new(),
             created_at: std::time::SystemTime::now(),
+            chat: None,
             cancel_on_disconnect: false,
             owner: None,
         };
@@ -739,7 +788,8 @@ mod tests {
             ))
             .boxed();
         assert!(hub.start(meta, events).await.is_ok());
-        let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0, None).await else {
+        let Ok(Resume::Events(subscription)) = hub.subscribe(id(1), 0, Format::Sluice, None).await
+        else {
             panic!("no subscription");
         };
         let chunks: Vec<Chunk> =

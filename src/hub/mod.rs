@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::agent::AgentStream;
+use crate::wire::{Format, RunHead};
 
 /// A run event's 1-based sequence number: the n-th event has `seq = n`.
 pub type Seq = u64;
@@ -94,14 +95,34 @@ pub enum RunStatus {
 pub struct RunMeta {
     pub id: RunId,
     pub agent: String,
+    /// The agent's model, or its name when it has none: what `format=openai`
+    /// chunks name as their `model`.
+    pub model: String,
     pub prompt: String,
     pub created_at: SystemTime,
+    /// The AI SDK chat the run answers (`POST /api/chat`), if any: the
+    /// chat's latest run is found by it.
+    pub chat: Option<String>,
     /// Cancel the run once it has had no subscriber for the disconnect grace
     /// (the one-shot route, or `"cancel_on_disconnect": true`).
     pub cancel_on_disconnect: bool,
     /// The name of the key that started the run; `None` when auth is off.
     /// Only callers with the same key see the run.
     pub owner: Option<String>,
+}
+
+impl RunMeta {
+    /// What a wire format needs to know of the run.
+    pub fn head(&self) -> RunHead {
+        RunHead {
+            run_id: self.id.to_string(),
+            model: self.model.clone(),
+            created: self
+                .created_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 /// A run as `GET /api/runs/{id}` shows it.
@@ -181,12 +202,14 @@ pub enum HubError {
 pub trait HubBackend: Send + Sync + 'static {
     /// Log the run's `run` event and drive `events` to the end in the background.
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>>;
-    /// The run's events after `after` (0: from the first), then live ones.
-    /// Runs of another owner than `viewer` are `NotFound`, as for every method.
+    /// The run's events after `after` (0: from the first), then live ones,
+    /// in `format`. Runs of another owner than `viewer` are `NotFound`, as
+    /// for every method.
     fn subscribe(
         &self,
         id: RunId,
         after: Seq,
+        format: Format,
         viewer: Viewer,
     ) -> BoxFuture<'_, Result<Resume, HubError>>;
     /// The run as it is now, with its text.
@@ -199,6 +222,12 @@ pub trait HubBackend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>>;
     /// Cancel a running run; waits briefly until its terminal event is logged.
     fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>>;
+    /// The latest run of the viewer's AI SDK chat `chat`, while it is retained.
+    fn chat_run(
+        &self,
+        chat: String,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Option<RunId>, HubError>>;
     /// Runs of this node that are still running.
     fn running(&self) -> usize;
     /// Runs of `owner` that are still running.
@@ -231,9 +260,14 @@ impl Hub {
         &self,
         id: RunId,
         after: Seq,
+        format: Format,
         viewer: Viewer,
     ) -> Result<Resume, HubError> {
-        self.backend.subscribe(id, after, viewer).await
+        self.backend.subscribe(id, after, format, viewer).await
+    }
+
+    pub async fn chat_run(&self, chat: String, viewer: Viewer) -> Result<Option<RunId>, HubError> {
+        self.backend.chat_run(chat, viewer).await
     }
 
     pub async fn snapshot(&self, id: RunId, viewer: Viewer) -> Result<RunSnapshot, HubError> {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{rfc3339, RunId, RunMeta, RunStatus, Seq};
 use crate::agent::AgentEvent;
-use crate::sse;
+use crate::wire::sse;
 
 /// One event ready for a run's log.
 #[derive(Debug, Clone)]
@@ -238,8 +238,10 @@ mod tests {
         RunMeta {
             id: RunId::parse("r1").unwrap_or_else(|| unreachable!()),
             agent: "sim".into(),
+            model: "sim".into(),
             prompt: String::new(),
             created_at: SystemTime::UNIX_EPOCH,
+            chat: None,
             cancel_on_disconnect: false,
             owner: None,
         }

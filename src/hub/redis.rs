@@ -14,8 +14,9 @@
 //! `run:{id}:watch` (hash: subscribers per node), `run:{id}:reaped` (the
 //! node that ended a lost run), `runs` (sorted set by
 //! creation time), `running` (set), `node:{node}` (the node's lease),
-//! `gone:{id}` (an evicted run's owner, for `410`), and the pub/sub channel
-//! `cancel`.
+//! `gone:{id}` (an evicted run's owner, for `410`),
+//! `chat:{owner length}:{owner}:{chat id}` (an AI SDK chat's latest run),
+//! and the pub/sub channel `cancel`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ use super::{
 use crate::agent::AgentStream;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::sse;
+use crate::wire::sse;
+use crate::wire::Format;
 
 /// A run's stream keeps at most about this many events (`MAXLEN ~`).
 const MAX_EVENTS: usize = 1_000_000;
@@ -100,6 +102,13 @@ fn reaped_key(id: &RunId) -> String {
     format!("sluice:run:{id}:reaped")
 }
 
+/// The owner's length first, so that no owner and chat id pair can be
+/// read as another.
+fn chat_key(owner: &Viewer, chat: &str) -> String {
+    let owner = owner_field(owner);
+    format!("sluice:chat:{}:{owner}:{chat}", owner.len())
+}
+
 fn node_key(node: &str) -> String {
     format!("sluice:node:{node}")
 }
@@ -144,25 +153,10 @@ fn parse_status(name: &str) -> RunStatus {
     }
 }
 
-/// An event's name and data line, read back from its frame.
-fn frame_parts(frame: &[u8]) -> (Option<&str>, Option<&str>) {
-    let text = std::str::from_utf8(frame).unwrap_or_default();
-    let mut name = None;
-    let mut data = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("event: ") {
-            name = Some(rest);
-        } else if let Some(rest) = line.strip_prefix("data: ") {
-            data = Some(rest);
-        }
-    }
-    (name, data)
-}
-
 /// A frame from Redis as a log entry: its token text, and how the run
 /// ended if it is the terminal event.
 fn entry_of(frame: Bytes) -> Entry {
-    let (name, data) = frame_parts(&frame);
+    let (name, data) = sse::parts(&frame);
     let data: Value = data
         .and_then(|d| serde_json::from_str(d).ok())
         .unwrap_or(Value::Null);
@@ -504,8 +498,10 @@ impl Stored {
             meta: RunMeta {
                 id: id.clone(),
                 agent: take("agent"),
+                model: take("model"),
                 prompt: take("prompt"),
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
+                chat: Some(take("chat")).filter(|chat| !chat.is_empty()),
                 cancel_on_disconnect: take("cod") == "1",
                 owner: owner.strip_prefix("k:").map(str::to_owned),
             },
@@ -839,35 +835,44 @@ impl HubBackend for RedisHub {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
             let id = meta.id.clone();
+            let mut commands = Vec::new();
+            if let Some(chat) = &meta.chat {
+                commands.push(redis::Cmd::set_ex(
+                    chat_key(&meta.owner, chat),
+                    id.as_str(),
+                    inner.index_for.as_secs(),
+                ));
+            }
             // Known to every node before its first event, or not started:
             // with Redis down, new runs are refused.
-            inner
-                .submit(vec![
-                    redis::Cmd::hset_multiple(
-                        run_key(&id),
-                        &[
-                            ("agent", meta.agent.clone()),
-                            ("prompt", meta.prompt.clone()),
-                            ("owner", owner_field(&meta.owner)),
-                            ("created_ms", created_ms.to_string()),
-                            ("node", inner.node.clone()),
-                            (
-                                "cod",
-                                if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
-                            ),
-                            ("status", "running".to_owned()),
-                        ],
-                    ),
-                    redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
-                    // Ids whose runs have long expired leave the index.
-                    redis::Cmd::zrembyscore(
-                        RUNS,
-                        "-inf",
-                        created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
-                    ),
-                    redis::Cmd::sadd(RUNNING, id.as_str()),
-                ])
-                .await?;
+            commands.extend([
+                redis::Cmd::hset_multiple(
+                    run_key(&id),
+                    &[
+                        ("agent", meta.agent.clone()),
+                        ("model", meta.model.clone()),
+                        ("chat", meta.chat.clone().unwrap_or_default()),
+                        ("prompt", meta.prompt.clone()),
+                        ("owner", owner_field(&meta.owner)),
+                        ("created_ms", created_ms.to_string()),
+                        ("node", inner.node.clone()),
+                        (
+                            "cod",
+                            if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+                        ),
+                        ("status", "running".to_owned()),
+                    ],
+                ),
+                redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
+                // Ids whose runs have long expired leave the index.
+                redis::Cmd::zrembyscore(
+                    RUNS,
+                    "-inf",
+                    created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
+                ),
+                redis::Cmd::sadd(RUNNING, id.as_str()),
+            ]);
+            inner.submit(commands).await?;
             inner.local.start(meta, events).await?;
             if let Some(run) = inner.local.local(&id) {
                 inner.tasks.spawn(replicate(inner.clone(), run));
@@ -881,6 +886,7 @@ impl HubBackend for RedisHub {
         &self,
         id: RunId,
         after: Seq,
+        format: Format,
         viewer: Viewer,
     ) -> BoxFuture<'_, Result<Resume, HubError>> {
         async move {
@@ -892,7 +898,10 @@ impl HubBackend for RedisHub {
                     inner.mirror(stored).await?
                 }
             };
-            let resume = inner.local.subscribe(id.clone(), after, viewer).await?;
+            let resume = inner
+                .local
+                .subscribe(id.clone(), after, format, viewer)
+                .await?;
             let Resume::Events(events) = resume else {
                 return Ok(resume);
             };
@@ -913,6 +922,19 @@ impl HubBackend for RedisHub {
                     })
                     .boxed(),
             ))
+        }
+        .boxed()
+    }
+
+    fn chat_run(
+        &self,
+        chat: String,
+        viewer: Viewer,
+    ) -> BoxFuture<'_, Result<Option<RunId>, HubError>> {
+        async move {
+            let mut conn = self.inner.conn.clone();
+            let run: Option<String> = bounded(conn.get(chat_key(&viewer, &chat))).await?;
+            Ok(run.as_deref().and_then(RunId::parse))
         }
         .boxed()
     }

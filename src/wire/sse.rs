@@ -53,6 +53,41 @@ pub fn encode<T: Serialize + ?Sized>(run_id: &str, seq: u64, event: &str, data: 
     buf.freeze()
 }
 
+/// An event's name and data line, read back from a frame that [`encode`]
+/// wrote.
+pub fn parts(frame: &[u8]) -> (Option<&str>, Option<&str>) {
+    let text = std::str::from_utf8(frame).unwrap_or_default();
+    let mut name = None;
+    let mut data = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("event: ") {
+            name = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("data: ") {
+            data = Some(rest);
+        }
+    }
+    (name, data)
+}
+
+/// The frames of a chunk of frames that [`encode`] wrote, each with the
+/// blank line that ends it. Safe to split at a blank line: a frame's one
+/// `data:` line never holds a raw line break.
+pub fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest
+            .windows(2)
+            .position(|pair| pair == b"\n\n")
+            .map_or(rest.len(), |at| at + 2);
+        let (frame, tail) = rest.split_at(end);
+        rest = tail;
+        Some(frame)
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -114,6 +149,16 @@ pub(crate) mod tests {
             let data: serde_json::Value = serde_json::from_str(&events[0].data).unwrap_or_default();
             proptest::prop_assert_eq!(data["text"].as_str(), Some(text.as_str()));
         }
+    }
+
+    #[test]
+    fn chunks_split_into_their_frames() {
+        let mut chunk = encode("r", 1, "token", &json!({"text": "a\n\nb"})).to_vec();
+        chunk.extend_from_slice(&encode("r", 2, "done", &json!({})));
+        let frames: Vec<&[u8]> = frames(&chunk).collect();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(parts(frames[1]), (Some("done"), Some("{}")));
+        assert_eq!(parts(frames[0]).1, Some(r#"{"text":"a\n\nb"}"#));
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! Starting a run: the checks every route that starts one makes, in one
+//! order, so that a refused request starts nothing.
+
+use super::error::ApiError;
+use super::limits;
+use super::AppState;
+use crate::agent::{conversation, Message, Params, RunInput};
+use crate::hub::{RunId, RunMeta};
+
+/// What starting a run needs, from either route.
+pub struct StartRun {
+    pub agent: String,
+    /// The prompt; when absent, the last user message's content.
+    pub prompt: Option<String>,
+    /// The conversation; when empty, the prompt as the one user message.
+    pub messages: Vec<Message>,
+    pub params: Params,
+    pub cancel_on_disconnect: bool,
+    /// The caller's key: only it will see the run.
+    pub owner: Option<String>,
+    /// The body of the `/api/chat` or `/v1/chat/completions` call that
+    /// starts the run, for agents that forward it.
+    pub request: Option<serde_json::Value>,
+    /// The AI SDK chat the run answers.
+    pub chat: Option<String>,
+}
+
+/// Checks the request and starts the run: agent, prompt size, capacity,
+/// parameters, in that order. Nothing is started when any check fails.
+pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiError> {
+    let agent = state.agents.get(&start.agent).ok_or_else(|| {
+        ApiError::UnknownAgent(format!(
+            "no agent named `{}` (available: {})",
+            start.agent,
+            state.agents.names().join(", ")
+        ))
+    })?;
+    let (prompt, messages) = conversation(start.prompt, start.messages);
+    let max_prompt = state.config.runs.max_prompt_bytes;
+    if prompt.len() > max_prompt {
+        return Err(ApiError::TooLarge {
+            code: "prompt_too_large",
+            message: format!(
+                "the prompt is {} bytes; the limit is {max_prompt}",
+                prompt.len()
+            ),
+        });
+    }
+    if let Some(key) = &start.owner {
+        limits::check_running(
+            state.hub.running_for(&start.owner),
+            state.config.auth.max_running_per_key,
+        )?;
+        state.run_rate.take(key)?;
+    }
+    let max_running = state.config.server.max_running;
+    if state.hub.running() >= max_running {
+        return Err(ApiError::Unavailable {
+            code: "too_many_runs",
+            message: format!("the gateway is at its limit of {max_running} running runs"),
+            retry_after_secs: 5,
+        });
+    }
+    let id = RunId::generate()?;
+    let events = agent.start(RunInput {
+        run_id: id.to_string(),
+        prompt: prompt.clone(),
+        params: start.params,
+        messages,
+        request: start.request,
+    })?;
+    let meta = RunMeta {
+        id: id.clone(),
+        model: agent.model().unwrap_or(&start.agent).to_owned(),
+        agent: start.agent,
+        prompt,
+        created_at: std::time::SystemTime::now(),
+        chat: start.chat,
+        cancel_on_disconnect: start.cancel_on_disconnect,
+        owner: start.owner,
+    };
+    let agent = meta.agent.clone();
+    state.hub.start(meta, events).await?;
+    tracing::Span::current().record("run_id", id.as_str());
+    tracing::info!(run_id = id.as_str(), agent, "run started");
+    Ok(id)
+}
