@@ -635,12 +635,18 @@ async fn report(
     })
 }
 
-/// One run watched by `subscribers` clients of `/api/runs/{id}/events`.
+/// The wire formats the fan-out scenario compares (SPEC 11.1).
+const FORMATS: [&str; 3] = ["sluice", "openai", "ai-sdk"];
+
+/// One run watched by `subscribers` clients of
+/// `/api/runs/{id}/events?format=`. Every SSE event a client reads counts
+/// as delivered (for a token, one per format).
 async fn fan_out(
     server: &Server,
     subscribers: usize,
     tokens: usize,
     interval_ms: u64,
+    format: &str,
 ) -> serde_json::Value {
     let id = create_run(server.addr, tokens, interval_ms).await;
     let baseline = Baseline::take(server);
@@ -648,7 +654,7 @@ async fn fan_out(
         .map(|_| {
             tokio::spawn(read_stream(
                 server.addr,
-                format!("/api/runs/{id}/events"),
+                format!("/api/runs/{id}/events?format={format}"),
                 None,
                 tokens,
                 Duration::from_millis(interval_ms * tokens as u64) + SLACK,
@@ -657,17 +663,42 @@ async fn fan_out(
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_open = kib(&baseline.pids, "VmRSS:");
-    let mut result = report(
-        "fan-out",
-        subscribers,
-        interval_ms,
-        tasks,
-        &baseline,
-        rss_open,
-    )
-    .await;
+    let name = if format == "sluice" {
+        "fan-out".to_owned()
+    } else {
+        format!("fan-out {format}")
+    };
+    let mut result = report(&name, subscribers, interval_ms, tasks, &baseline, rss_open).await;
     result["server"] = json!(Target::Sluice.name());
+    result["format"] = json!(format);
     result
+}
+
+/// What the other formats cost against Sluice's own in the fan-out
+/// scenario: CPU per delivered event, as a ratio (issue 14 asks ≤ 2×).
+#[allow(clippy::print_stdout)]
+fn print_format_costs(results: &[serde_json::Value]) {
+    let cpu = |format: &str| {
+        results
+            .iter()
+            .find(|r| r["format"] == format)
+            .and_then(|r| r["cpu_s_per_million_events"].as_f64())
+    };
+    let Some(own) = cpu("sluice").filter(|c| *c > 0.0) else {
+        return;
+    };
+    println!(
+        "
+fan-out CPU per delivered event, against format=sluice:"
+    );
+    for format in &FORMATS[1..] {
+        if let Some(other) = cpu(format) {
+            println!(
+                "  {format:<7} {other:.3} / {own:.3} CPU-s per M events = {:.2}x",
+                other / own
+            );
+        }
+    }
 }
 
 /// `clients` reconnect at once to a finished run, from its middle.
@@ -809,10 +840,13 @@ fn main() {
                 results.push(run_scenario(&server, scenario, target).await);
             }
             if target == Target::Sluice && wanted("fan-out") {
-                let server = start_server(target);
-                // The throughput scenario's run, watched by many instead of one.
+                // The throughput scenario's run, watched by many instead of
+                // one, in each wire format.
                 let tokens = if quick { 2_000 } else { 20_000 };
-                results.push(fan_out(&server, fan_out_subscribers, tokens, 0).await);
+                for format in FORMATS {
+                    let server = start_server(target);
+                    results.push(fan_out(&server, fan_out_subscribers, tokens, 0, format).await);
+                }
             }
             if target == Target::Sluice && wanted("resume") {
                 let server = start_server(target);
@@ -821,6 +855,7 @@ fn main() {
         });
     }
     print_table(&results);
+    print_format_costs(&results);
     if targets.len() > 1 {
         print_ratios(&results);
     }

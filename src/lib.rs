@@ -13,8 +13,12 @@
 //! - [`hub`]: runs and their event logs. Each event is encoded once into shared
 //!   bytes and appended to its run's log; every subscriber walks the log from
 //!   its own cursor. [`hub::memory`] is the in-process backend.
-//! - [`sse`]: an event's wire bytes, built once and shared by all subscribers.
-//! - [`http`]: the axum router, handlers, errors and the serve loop.
+//! - [`wire`]: run events as bytes, one module per client format: Sluice's own
+//!   frames ([`wire::sse`], built once and shared by all subscribers), OpenAI
+//!   chunks and the AI SDK's UI message stream (rendered once per event per
+//!   format in use).
+//! - [`http`]: the axum router, handlers, errors and the serve loop; the
+//!   OpenAI-compatible `/v1` and the AI SDK's `/api/chat` among them.
 //! - [`auth`]: API keys, session cookies and signed access tokens.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`tls`]: HTTPS with HTTP/2.
