@@ -486,3 +486,107 @@ async fn the_other_node_answers_204_for_a_finished_run_and_410_once_it_is_evicte
     let (status, _) = get_json(&format!("{}/api/runs/{second}", b.base)).await;
     assert_eq!(status, 410);
 }
+
+/// The `data` of each event of `response`, until it ends or after `stop_after`.
+async fn data_of(response: reqwest::Response, stop_after: usize) -> Vec<(String, String)> {
+    let mut stream = response.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    while let Some(Ok(event)) = stream.next().await {
+        seen.push((event.id, event.data));
+        if seen.len() >= stop_after {
+            break;
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn chats_and_openai_streams_started_on_one_node_resume_on_the_other() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let client = reqwest::Client::new();
+
+    // useChat sends to A, the page reloads, and its resume reaches B.
+    let sent = client
+        .post(format!("{}/api/chat?tokens=40&interval_ms=30", a.base))
+        .json(
+            &json!({"id": "chat-1", "trigger": "submit-message", "messages": [
+                {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hello"}]}
+            ]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let run = sent.headers()["x-run-id"].to_str().unwrap().to_owned();
+    let first = data_of(sent, 4).await;
+    let resumed = client
+        .get(format!("{}/api/chat/chat-1/stream", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200, "B finds the chat A started");
+    assert_eq!(resumed.headers()["x-run-id"], run.as_str());
+    let all = data_of(resumed, usize::MAX).await;
+    assert_eq!(all[..4], first[..], "from the run's first event");
+    assert_eq!(all.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = all[..all.len() - 1]
+        .iter()
+        .map(|(_, data)| serde_json::from_str(data).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter(|c| c["type"] == "text-delta")
+        .map(|c| c["delta"].as_str().unwrap().to_owned())
+        .collect();
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{run}", a.base)).await;
+    assert_eq!(text, snapshot["text"].as_str().unwrap());
+    assert_eq!(chunks[chunks.len() - 1]["type"], "finish");
+    for base in [&a.base, &b.base] {
+        let again = client
+            .get(format!("{base}/api/chat/chat-1/stream"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 204, "finished: {base}");
+    }
+
+    // An OpenAI stream from A, cut, resumed on B after the last id read.
+    let sent = client
+        .post(format!("{}/v1/chat/completions", a.base))
+        .json(
+            &json!({"model": "sim", "stream": true, "max_tokens": 40, "interval_ms": 30,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let run = sent.headers()["x-run-id"].to_str().unwrap().to_owned();
+    let mut all = data_of(sent, 5).await;
+    let rest = client
+        .get(format!("{}/api/runs/{run}/events?format=openai", b.base))
+        .header("last-event-id", &all.last().unwrap().0)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 200);
+    all.extend(data_of(rest, usize::MAX).await);
+    assert_eq!(all.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = all[..all.len() - 1]
+        .iter()
+        .map(|(_, data)| serde_json::from_str(data).unwrap())
+        .collect();
+    let roles = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["role"] == "assistant")
+        .count();
+    assert_eq!(roles, 1);
+    assert!(chunks.iter().all(|c| c["id"] == format!("chatcmpl-{run}")));
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (_, snapshot) = get_json(&format!("{}/api/runs/{run}", b.base)).await;
+    assert_eq!(text, snapshot["text"].as_str().unwrap());
+    assert_eq!(snapshot["status"], "done");
+}
