@@ -17,7 +17,7 @@ use super::query::Query;
 use super::start::{start_run, StartRun};
 use super::stream::stream_run;
 use super::AppState;
-use crate::agent::{Message, Params, Role, MAX_MESSAGES};
+use crate::agent::{Message, Params, Role};
 use crate::auth::Caller;
 use crate::hub::{Cancelled, RunId, RunStatus};
 use crate::wire::Format;
@@ -167,12 +167,6 @@ fn ui_messages(request: &Value) -> Result<Vec<Message>, ApiError> {
             ))
         }
     };
-    if messages.len() > MAX_MESSAGES {
-        return Err(ApiError::InvalidJson(format!(
-            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
-            messages.len()
-        )));
-    }
     let mut conversation = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
         let role = match message.get("role").and_then(Value::as_str) {

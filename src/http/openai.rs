@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::start::{start_run, StartRun};
 use super::stream::stream_run;
 use super::AppState;
-use crate::agent::{Message, Params, Role, MAX_MESSAGES};
+use crate::agent::{Message, Params, Role};
 use crate::auth::Caller;
 use crate::hub::{Resume, RunId};
 use crate::wire::{openai, sse, Event, Format};
@@ -212,12 +212,6 @@ fn messages(request: &Value) -> Result<Vec<Message>, ApiError> {
             "the body needs `messages`, an array of chat messages".into(),
         ));
     };
-    if messages.len() > MAX_MESSAGES {
-        return Err(ApiError::InvalidJson(format!(
-            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
-            messages.len()
-        )));
-    }
     let mut conversation = Vec::with_capacity(messages.len());
     for (index, message) in messages.iter().enumerate() {
         let role = match message.get("role").and_then(Value::as_str) {

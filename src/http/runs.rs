@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::query::{Query, RunIdPath};
 use super::start::{start_run, StartRun};
 use super::AppState;
-use crate::agent::{Message, Params, MAX_MESSAGES};
+use crate::agent::{Message, Params};
 use crate::auth::{Caller, Scope};
 use crate::hub::{Cancelled, RunSnapshot};
 
@@ -47,12 +47,6 @@ pub async fn create(
     let body = body.map_err(|e| ApiError::body(&e, state.config.server.max_body_bytes))?;
     let request: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
-    if request.messages.len() > MAX_MESSAGES {
-        return Err(ApiError::InvalidJson(format!(
-            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
-            request.messages.len()
-        )));
-    }
     let id = start_run(
         &state,
         StartRun {

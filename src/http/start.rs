@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::limits;
 use super::AppState;
-use crate::agent::{conversation, Message, Params, RunInput};
+use crate::agent::{conversation, Message, Params, RunInput, MAX_MESSAGES};
 use crate::hub::{RunId, RunMeta};
 
 /// What starting a run needs, from either route.
@@ -25,9 +25,15 @@ pub struct StartRun {
     pub chat: Option<String>,
 }
 
-/// Checks the request and starts the run: agent, prompt size, capacity,
-/// parameters, in that order. Nothing is started when any check fails.
+/// Checks the request and starts the run: the number of messages, agent,
+/// prompt size, capacity, parameters, in that order. Nothing is started when any check fails.
 pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiError> {
+    if start.messages.len() > MAX_MESSAGES {
+        return Err(ApiError::InvalidJson(format!(
+            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
+            start.messages.len()
+        )));
+    }
     let agent = state.agents.get(&start.agent).ok_or_else(|| {
         ApiError::UnknownAgent(format!(
             "no agent named `{}` (available: {})",
