@@ -415,6 +415,59 @@ mod tests {
         }
     }
 
+    /// Another format is rendered once per event: every subscriber of it
+    /// gets the very same bytes, and the rendering of a run read twice is
+    /// held once.
+    #[test]
+    fn another_format_is_rendered_once_and_shared_by_its_subscribers() {
+        use crate::agent::AgentEvent;
+        use crate::hub::record::Recorder;
+        use crate::hub::{RunId, RunMeta};
+        use crate::wire::Format;
+        let meta = RunMeta {
+            id: RunId::parse("r").unwrap_or_else(|| unreachable!()),
+            agent: "sim".into(),
+            model: "sim".into(),
+            prompt: String::new(),
+            created_at: SystemTime::UNIX_EPOCH,
+            chat: None,
+            cancel_on_disconnect: false,
+            owner: None,
+        };
+        let head = meta.head();
+        let log = RunLog::new();
+        let (mut recorder, first) = Recorder::start(&meta);
+        log.append(first);
+        for text in ["a", "b", "c"] {
+            log.append(recorder.record(AgentEvent::Token(text.into())));
+        }
+        let last = |log: &RunLog| match log.read_as(3, Format::OpenAi, &head) {
+            Read::Chunk {
+                bytes, events: 1, ..
+            } => bytes,
+            other => panic!("{other:?}"),
+        };
+        let (one, two) = (last(&log), last(&log));
+        assert_eq!(one.as_ptr(), two.as_ptr(), "the same bytes, not a copy");
+        let whole = |log: &RunLog| match log.read_as(0, Format::OpenAi, &head) {
+            Read::Chunk {
+                bytes, events: 4, ..
+            } => bytes,
+            other => panic!("{other:?}"),
+        };
+        let rendered = log.view_bytes();
+        assert_eq!(whole(&log), whole(&log));
+        assert_eq!(whole(&log).len() as u64, rendered);
+        assert_eq!(log.view_bytes(), rendered, "read again, rendered once");
+        assert!(String::from_utf8_lossy(&one).contains(r#""delta":{"content":"c"}"#));
+        // Sluice's own format is the log itself: no view.
+        assert!(matches!(
+            log.read_as(0, Format::Sluice, &head),
+            Read::Chunk { events: 4, .. }
+        ));
+        assert_eq!(log.view_bytes(), rendered);
+    }
+
     #[tokio::test]
     async fn a_waiting_subscriber_is_woken_by_an_append() {
         let log = std::sync::Arc::new(RunLog::new());
