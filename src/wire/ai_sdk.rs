@@ -21,7 +21,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::{raw_text, Event, Frames, Render, RunHead, DONE};
+use super::{raw_text, Event, Frames, Render, RunHead, ToolCall, DONE};
 
 /// The response header that tells the `ai` package what it reads.
 pub const HEADER: (&str, &str) = ("x-vercel-ai-ui-message-stream", "v1");
@@ -109,8 +109,8 @@ impl Render for Chunks {
                 let text = |key: &str| data.get(key).and_then(Value::as_str).unwrap_or_default();
                 match name {
                     "tool_call" => {
-                        let function = data.get("function").cloned().unwrap_or_default();
-                        let input = match function.get("arguments") {
+                        let call = ToolCall::of(&data);
+                        let input = match call.arguments {
                             Some(Value::String(arguments)) => serde_json::from_str(arguments)
                                 .unwrap_or_else(|_| Value::String(arguments.clone())),
                             Some(other) => other.clone(),
@@ -118,8 +118,8 @@ impl Render for Chunks {
                         };
                         frames.json(&json!({
                             "type": "tool-input-available",
-                            "toolCallId": text("id"),
-                            "toolName": function.get("name").and_then(Value::as_str).unwrap_or_default(),
+                            "toolCallId": call.id,
+                            "toolName": call.name,
                             "input": input,
                         }));
                     }

@@ -189,6 +189,36 @@ pub(crate) fn raw_text(data: &str) -> Option<&serde_json::value::RawValue> {
     text.text.get().starts_with('"').then_some(text.text)
 }
 
+/// A `tool_call` event's parts, from either shape an agent may write:
+/// OpenAI's nested `{"id", "type", "function": {"name", "arguments"}}` or
+/// the flat `{"id", "name", "arguments"}` of a jsonl line.
+pub(crate) struct ToolCall<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// As written: usually a JSON string, sometimes an object.
+    pub arguments: Option<&'a serde_json::Value>,
+}
+
+impl<'a> ToolCall<'a> {
+    pub(crate) fn of(data: &'a serde_json::Value) -> Self {
+        let fields = data
+            .get("function")
+            .filter(|f| f.is_object())
+            .unwrap_or(data);
+        let text = |value: &'a serde_json::Value, key: &str| {
+            value
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+        };
+        Self {
+            id: text(data, "id"),
+            name: text(fields, "name"),
+            arguments: fields.get("arguments").filter(|a| !a.is_null()),
+        }
+    }
+}
+
 /// `[DONE]`: the end of an `openai` or `ai-sdk` stream.
 pub(crate) const DONE: &[u8] = b"[DONE]";
 
@@ -215,6 +245,17 @@ mod tests {
         }
         assert_eq!(Format::parse("OpenAI"), None);
         assert_eq!(Format::parse(""), None);
+    }
+
+    #[test]
+    fn tool_calls_read_alike_nested_or_flat() {
+        let nested = serde_json::json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}});
+        let flat = serde_json::json!({"id": "c1", "name": "f", "arguments": "{}"});
+        for data in [&nested, &flat] {
+            let call = ToolCall::of(data);
+            assert_eq!((call.id, call.name), ("c1", "f"));
+            assert_eq!(call.arguments, Some(&serde_json::json!("{}")));
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::{raw_text, Event, Frames, Render, RunHead, DONE};
+use super::{raw_text, Event, Frames, Render, RunHead, ToolCall, DONE};
 
 /// Renders one run's events as `chat.completion.chunk`s.
 pub struct Chunks {
@@ -126,20 +126,17 @@ pub fn completion_id(run_id: &str) -> String {
 /// A `tool_call` event's data as an OpenAI tool call at `index`; the
 /// arguments are always a string, as OpenAI sends them.
 pub fn tool_call(index: u64, data: &Value) -> Value {
-    let function = data.get("function").cloned().unwrap_or_default();
-    let arguments = match function.get("arguments") {
+    let call = ToolCall::of(data);
+    let arguments = match call.arguments {
         Some(Value::String(text)) => text.clone(),
-        Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
+        None => String::new(),
     };
     json!({
         "index": index,
-        "id": data.get("id").and_then(Value::as_str).unwrap_or_default(),
+        "id": call.id,
         "type": data.get("type").and_then(Value::as_str).unwrap_or("function"),
-        "function": {
-            "name": function.get("name").and_then(Value::as_str).unwrap_or_default(),
-            "arguments": arguments,
-        },
+        "function": {"name": call.name, "arguments": arguments},
     })
 }
 
