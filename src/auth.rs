@@ -29,6 +29,9 @@ pub struct Caller {
     pub key: Option<String>,
     /// Set when the caller came with an access token scoped to one run.
     pub only_run: Option<RunId>,
+    /// Set when that token is a push run's publish token: it may publish to
+    /// `only_run` and do nothing else, not even read it.
+    pub publish_only: bool,
 }
 
 impl Caller {
@@ -37,6 +40,7 @@ impl Caller {
         Self {
             key: None,
             only_run: None,
+            publish_only: false,
         }
     }
 
@@ -44,6 +48,7 @@ impl Caller {
         Self {
             key: Some(name.to_owned()),
             only_run: None,
+            publish_only: false,
         }
     }
 }
@@ -172,17 +177,38 @@ impl Auth {
         self.sign("t", caller.key.as_deref().unwrap_or_default(), &scope, ttl)
     }
 
-    /// The caller an access token stands for, limited to its scope.
+    /// A push run's publish token: it lets a worker publish to `run`, and
+    /// do nothing else.
+    pub fn publish_token(&self, caller: &Caller, run: &RunId, ttl: Duration) -> String {
+        self.sign(
+            "p",
+            caller.key.as_deref().unwrap_or_default(),
+            run.as_str(),
+            ttl,
+        )
+    }
+
+    /// The caller an access token (or a publish token) stands for, limited
+    /// to its scope.
     pub fn check_token(&self, token: &str) -> Result<Caller, AuthError> {
-        let (name, scope) = self.verify("t", token)?;
+        let (publish_only, (name, scope)) = match self.verify("t", token) {
+            Err(AuthError::BadToken) if self.verify("p", token).is_ok() => {
+                (true, self.verify("p", token)?)
+            }
+            verified => (false, verified?),
+        };
         let only_run = if scope.is_empty() {
             None
         } else {
             Some(RunId::parse(&scope).ok_or(AuthError::BadToken)?)
         };
+        if publish_only && only_run.is_none() {
+            return Err(AuthError::BadToken);
+        }
         Ok(Caller {
             key: Some(name),
             only_run,
+            publish_only,
         })
     }
 
@@ -354,7 +380,17 @@ mod tests {
             auth.check_token(&token),
             Ok(Caller {
                 key: Some("ci".into()),
-                only_run: Some(run)
+                only_run: Some(run.clone()),
+                publish_only: false,
+            })
+        );
+        let publish = auth.publish_token(&caller, &run, Duration::from_secs(60));
+        assert_eq!(
+            auth.check_token(&publish),
+            Ok(Caller {
+                key: Some("ci".into()),
+                only_run: Some(run.clone()),
+                publish_only: true,
             })
         );
         let key_token = auth.token(&caller, &Scope::Key, Duration::from_secs(60));
@@ -373,6 +409,8 @@ mod tests {
         }
         let expired = auth.sign("t", "ci", "", Duration::ZERO);
         assert_eq!(auth.check_token(&expired), Err(AuthError::Expired));
+        let expired = auth.sign("p", "ci", "abc", Duration::ZERO);
+        assert_eq!(auth.check_token(&expired), Err(AuthError::BadToken));
         let session = auth.session(&caller, Duration::from_secs(60));
         assert!(
             auth.check_token(&session).is_err(),

@@ -183,7 +183,7 @@ impl Default for HubConfig {
 }
 
 /// The agent kinds a config may name.
-const KNOWN_KINDS: &[&str] = &["sim", "openai", "command", "http"];
+const KNOWN_KINDS: &[&str] = &["sim", "openai", "command", "http", "push"];
 /// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
 const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub"];
 /// Keys whose values stay strings even when they look like numbers.

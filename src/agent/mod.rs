@@ -9,6 +9,7 @@ pub mod command;
 pub mod http;
 pub mod lines;
 pub mod openai;
+pub mod push;
 pub mod sim;
 pub mod upstream;
 pub mod utf8;
@@ -173,6 +174,11 @@ pub trait Agent: Send + Sync + 'static {
     fn model(&self) -> Option<&str> {
         None
     }
+    /// For a push agent, how long its runs wait for a published event;
+    /// `None` for every agent that produces its own events.
+    fn push_idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// The parameters this agent accepts.
     fn params(&self) -> &[ParamSpec];
     /// Validate `input.params` and return the run's event stream.
@@ -219,10 +225,11 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// The built-in `sim` agent plus every agent of the config file.
+    /// The built-in `sim` and `push` agents plus every agent of the config file.
     pub fn from_config(agents: &BTreeMap<String, AgentConfig>) -> Result<Self, ConfigError> {
         let mut by_name: BTreeMap<String, Arc<dyn Agent>> = BTreeMap::new();
         by_name.insert("sim".to_owned(), Arc::new(sim::Sim));
+        by_name.insert("push".to_owned(), Arc::new(push::Push::default()));
         for (name, config) in agents {
             let settings = config.settings.clone();
             let agent: Arc<dyn Agent> = match config.kind.as_str() {
@@ -235,9 +242,10 @@ impl Agents {
                 "openai" => Arc::new(openai::OpenAi::from_settings(name, settings)?),
                 "command" => Arc::new(command::Command::from_settings(name, settings)?),
                 "http" => Arc::new(http::Http::from_settings(name, settings)?),
+                "push" => Arc::new(push::Push::from_settings(name, settings)?),
                 other => {
                     return Err(ConfigError::Invalid(format!(
-                    "agents.{name}: unknown kind `{other}` (expected sim, openai, command or http)"
+                    "agents.{name}: unknown kind `{other}` (expected sim, openai, command, http or push)"
                 )))
                 }
             };

@@ -191,11 +191,32 @@ pub async fn create_token(
 
 /// A token scoped to one run cannot reach another, nor start one.
 pub fn check_scope(caller: &Caller, run: Option<&RunId>) -> Result<(), ApiError> {
+    if caller.publish_only {
+        return Err(ApiError::Unauthorized(
+            "a publish token only publishes to its run (POST /api/runs/{id}/events)".into(),
+        ));
+    }
     match (&caller.only_run, run) {
         (None, _) => Ok(()),
         (Some(allowed), Some(run)) if allowed == run => Ok(()),
         (Some(allowed), _) => Err(ApiError::Unauthorized(format!(
             "the access token only grants run {allowed}"
         ))),
+    }
+}
+
+/// Whether `caller` may publish to push run `run`: a key, a session, or
+/// that run's publish token; an access token made for reading may not.
+pub fn check_publish_scope(caller: &Caller, run: &RunId) -> Result<(), ApiError> {
+    match &caller.only_run {
+        None => Ok(()),
+        Some(allowed) if caller.publish_only && allowed == run => Ok(()),
+        Some(_) if caller.publish_only => Err(ApiError::Unauthorized(format!(
+            "the publish token is for another run, not {run}"
+        ))),
+        Some(_) => Err(ApiError::Unauthorized(
+            "an access token is for reading: publish with the run's publish_url token or a key"
+                .into(),
+        )),
     }
 }

@@ -79,6 +79,7 @@ pub async fn send(
             owner: caller.key.clone(),
             request: Some(request),
             chat: Some(chat),
+            push: false,
         },
     )
     .await?;

@@ -21,6 +21,11 @@ pub enum ApiError {
     /// A request body that is not the JSON the route expects.
     #[error("{0}")]
     InvalidJson(String),
+    /// A published line that is not an event (SPEC 12).
+    #[error("{0}")]
+    InvalidEvent(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{message}")]
     TooLarge { code: &'static str, message: String },
     #[error("{0}")]
@@ -53,6 +58,15 @@ pub enum ApiError {
         message: String,
         retry_after_secs: u64,
     },
+    /// The request conflicts with the run's state (`409`): `details` are
+    /// added to the body, beside `error`, such as the run's `offset` or
+    /// `status`.
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: serde_json::Map<String, serde_json::Value>,
+    },
     /// A bug or an environment failure; details are logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -61,9 +75,11 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidParam(_) | Self::UnknownAgent(_) | Self::InvalidJson(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidParam(_)
+            | Self::UnknownAgent(_)
+            | Self::InvalidJson(_)
+            | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
@@ -74,6 +90,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,7 +100,10 @@ impl ApiError {
             Self::InvalidParam(_) => "invalid_param",
             Self::UnknownAgent(_) => "unknown_agent",
             Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidEvent(_) => "invalid_event",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::TooLarge { code, .. }
+            | Self::Conflict { code, .. }
             | Self::Unavailable { code, .. }
             | Self::TooMany { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
@@ -108,7 +128,12 @@ impl IntoResponse for ApiError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        if let (Self::Conflict { details, .. }, Some(object)) = (&self, body.as_object_mut()) {
+            for (key, value) in details {
+                object.insert(key.clone(), value.clone());
+            }
+        }
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self.status().as_u16(), 401 | 403 | 413 | 414 | 429 | 503) {
             response.extensions_mut().insert(Rejected(self.code()));
@@ -158,6 +183,29 @@ impl From<HubError> for ApiError {
                 code: "hub_unavailable",
                 message,
                 retry_after_secs: 5,
+            },
+            HubError::NotPush => Self::Conflict {
+                code: "not_a_push_run",
+                message: e.to_string(),
+                details: serde_json::Map::new(),
+            },
+            HubError::OffsetMismatch { offset, .. } => Self::Conflict {
+                code: "offset_mismatch",
+                message: e.to_string(),
+                details: [("offset".to_owned(), json!(offset))].into_iter().collect(),
+            },
+            HubError::Finished { status, offset } => Self::Conflict {
+                code: "run_finished",
+                message: format!(
+                    "the run has ended ({}); nothing more can be published to it",
+                    status.as_str()
+                ),
+                details: [
+                    ("status".to_owned(), json!(status)),
+                    ("offset".to_owned(), json!(offset)),
+                ]
+                .into_iter()
+                .collect(),
             },
         }
     }

@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod error;
 pub mod limits;
 pub mod openai;
+pub mod publish;
 pub mod query;
 pub mod runs;
 pub mod start;
@@ -162,7 +163,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agent/stream", get(stream::one_shot))
         .route("/api/runs", get(runs::list).post(runs::create))
         .route("/api/runs/{id}", get(runs::snapshot).delete(runs::cancel))
-        .route("/api/runs/{id}/events", get(stream::run_events))
+        .route(
+            "/api/runs/{id}/events",
+            get(stream::run_events).post(publish::publish),
+        )
         .route("/api/agents", get(runs::agents))
         .route("/api/chat", post(chat::send))
         .route(

@@ -27,11 +27,13 @@ use crate::wire::{openai, sse, Event, Format};
 /// Error bodies larger than this are passed through untouched.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// `GET /v1/models`: every agent, as a model.
+/// `GET /v1/models`: every agent that a completion can use, as a model
+/// (push agents' runs are published to, not asked).
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let data: Vec<Value> = state
         .agents
         .iter()
+        .filter(|(_, agent)| agent.push_idle_timeout().is_none())
         .map(|(name, _)| json!({"id": name, "object": "model", "created": 0, "owned_by": "sluice"}))
         .collect();
     Json(json!({"object": "list", "data": data}))
@@ -84,6 +86,7 @@ pub async fn chat_completions(
             owner: caller.key.clone(),
             request: Some(request),
             chat: None,
+            push: false,
         },
     )
     .await?;

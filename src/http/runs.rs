@@ -47,6 +47,7 @@ pub async fn create(
     let body = body.map_err(|e| ApiError::body(&e, state.config.server.max_body_bytes))?;
     let request: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
+    let agent = request.agent.clone();
     let id = start_run(
         &state,
         StartRun {
@@ -58,6 +59,7 @@ pub async fn create(
             owner: caller.key.clone(),
             request: None,
             chat: None,
+            push: true,
         },
     )
     .await?;
@@ -71,11 +73,31 @@ pub async fn create(
     } else {
         format!("{location}/events")
     };
-    let body = json!({
+    let mut body = json!({
         "id": id,
         "status": "running",
         "events_url": events_url,
     });
+    // A push run: where its worker publishes, with a token that may do
+    // that and nothing else, for as long as the run may run.
+    let push = state
+        .agents
+        .get(&agent)
+        .is_some_and(|agent| agent.push_idle_timeout().is_some());
+    if push {
+        let publish_url = if state.auth.enabled() {
+            let ttl = state
+                .config
+                .runs
+                .max_run()
+                .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600));
+            let token = state.auth.publish_token(&caller, &id, ttl);
+            format!("{location}/events?access_token={token}")
+        } else {
+            format!("{location}/events")
+        };
+        body["publish_url"] = json!(publish_url);
+    }
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::limits;
 use super::AppState;
-use crate::agent::{conversation, Message, Params, RunInput, MAX_MESSAGES};
+use crate::agent::{conversation, reject_unknown, Message, Params, RunInput, MAX_MESSAGES};
 use crate::hub::{RunId, RunMeta};
 
 /// What starting a run needs, from either route.
@@ -23,6 +23,8 @@ pub struct StartRun {
     pub request: Option<serde_json::Value>,
     /// The AI SDK chat the run answers.
     pub chat: Option<String>,
+    /// Whether this route may create a push run (only `POST /api/runs`).
+    pub push: bool,
 }
 
 /// Checks the request and starts the run: the number of messages, agent,
@@ -68,13 +70,22 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         });
     }
     let id = RunId::generate()?;
-    let events = agent.start(RunInput {
-        run_id: id.to_string(),
-        prompt: prompt.clone(),
-        params: start.params,
-        messages,
-        request: start.request,
-    })?;
+    // A push agent's runs wait for published events; only POST /api/runs
+    // makes them (anywhere else, the agent's own start refuses).
+    let push = agent.push_idle_timeout().filter(|_| start.push);
+    let events = match push {
+        Some(_) => {
+            reject_unknown(&start.params, agent.params())?;
+            None
+        }
+        None => Some(agent.start(RunInput {
+            run_id: id.to_string(),
+            prompt: prompt.clone(),
+            params: start.params,
+            messages,
+            request: start.request,
+        })?),
+    };
     let meta = RunMeta {
         id: id.clone(),
         model: agent.model().unwrap_or(&start.agent).to_owned(),
@@ -86,7 +97,13 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         owner: start.owner,
     };
     let agent = meta.agent.clone();
-    state.hub.start(meta, events).await?;
+    match events {
+        Some(events) => state.hub.start(meta, events).await?,
+        None => {
+            let idle_timeout = push.unwrap_or(crate::agent::push::DEFAULT_IDLE_TIMEOUT);
+            state.hub.start_push(meta, idle_timeout).await?;
+        }
+    }
     tracing::Span::current().record("run_id", id.as_str());
     tracing::info!(run_id = id.as_str(), agent, "run started");
     Ok(id)

@@ -70,6 +70,7 @@ pub async fn one_shot(
             owner: caller.key.clone(),
             request: None,
             chat: None,
+            push: false,
         },
     )
     .await?;

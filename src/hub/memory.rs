@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use super::log::{Read, RunLog};
 use super::record::{Entry, Recorder};
 use super::{
-    rfc3339, Cancelled, Chunk, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot,
-    RunStatus, Seq, Viewer,
+    rfc3339, Cancelled, Chunk, HubBackend, HubError, Published, Resume, RunId, RunMeta,
+    RunSnapshot, RunStatus, Seq, Viewer,
 };
-use crate::agent::AgentStream;
+use crate::agent::push::{self, Inbox, Refused};
+use crate::agent::{AgentEvent, AgentStream};
 use crate::config::RunsConfig;
 use crate::metrics::Metrics;
 use crate::wire::{Format, RunHead};
@@ -94,11 +95,14 @@ pub struct Run {
     /// A copy of a run that another node drives (no driver here).
     mirror: bool,
     elsewhere: Option<Elsewhere>,
+    /// A push run's producer side: where published events go.
+    inbox: Option<Inbox>,
 }
 
 impl Run {
     fn new(meta: RunMeta, ordinal: u64, mirror: bool, elsewhere: Option<Elsewhere>) -> Self {
         Self {
+            inbox: None,
             meta,
             ordinal,
             log: RunLog::new(),
@@ -470,6 +474,37 @@ impl Drop for Subscriber {
 }
 
 impl MemoryHub {
+    /// Registers the run, logs its `run` event and drives `events` in the
+    /// background; a push run also keeps its `inbox`.
+    fn start_with(&self, meta: RunMeta, events: AgentStream, inbox: Option<Inbox>) {
+        let shared = self.shared.clone();
+        let (recorder, first) = Recorder::start(&meta);
+        let mut registry = shared.registry();
+        let ordinal = registry.next_ordinal;
+        registry.next_ordinal += 1;
+        let mut run = Run::new(meta, ordinal, false, shared.elsewhere.clone());
+        run.inbox = inbox;
+        let run = Arc::new(run);
+        let size = run.log.append(first);
+        registry.runs.insert(run.meta.id.clone(), run.clone());
+        registry.by_age.insert(ordinal, run.meta.id.clone());
+        if let Some(chat) = &run.meta.chat {
+            registry
+                .chats
+                .insert((run.meta.owner.clone(), chat.clone()), run.meta.id.clone());
+        }
+        *registry
+            .running_by_owner
+            .entry(run.meta.owner.clone())
+            .or_default() += 1;
+        drop(registry);
+        shared
+            .retained_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(drive(shared, run, events, recorder));
+    }
+
     fn subscribe_now(
         &self,
         id: &RunId,
@@ -587,32 +622,82 @@ impl MemoryHub {
 
 impl HubBackend for MemoryHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
+        self.start_with(meta, events, None);
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn start_push(
+        &self,
+        meta: RunMeta,
+        idle_timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), HubError>> {
+        let (inbox, events) = push::channel(idle_timeout);
+        self.start_with(meta, events, Some(inbox));
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    fn publish(
+        &self,
+        id: RunId,
+        viewer: Viewer,
+        given: Option<Seq>,
+        events: Vec<AgentEvent>,
+    ) -> BoxFuture<'_, Result<Published, HubError>> {
         let shared = self.shared.clone();
         async move {
-            let (recorder, first) = Recorder::start(&meta);
-            let mut registry = shared.registry();
-            let ordinal = registry.next_ordinal;
-            registry.next_ordinal += 1;
-            let run = Arc::new(Run::new(meta, ordinal, false, shared.elsewhere.clone()));
-            let size = run.log.append(first);
-            registry.runs.insert(run.meta.id.clone(), run.clone());
-            registry.by_age.insert(ordinal, run.meta.id.clone());
-            if let Some(chat) = &run.meta.chat {
-                registry
-                    .chats
-                    .insert((run.meta.owner.clone(), chat.clone()), run.meta.id.clone());
+            let run = shared.lookup(&id, &viewer)?;
+            let Some(inbox) = &run.inbox else {
+                return Err(HubError::NotPush);
+            };
+            // Watched before publishing, so the append cannot be missed.
+            let mut changed = run.log.watch();
+            let accepted = inbox.publish(given, events);
+            // Answer once the driver has logged what was accepted (or the
+            // run has ended), so that a reader asked next sees it.
+            loop {
+                let (len, ended) = run.log.position();
+                let settled = match accepted {
+                    Ok(accepted) => ended || len > accepted.offset as usize,
+                    // Its status is the one the driver is about to log.
+                    Err(Refused::Ended { .. }) => ended,
+                    Err(Refused::OffsetMismatch { .. }) => true,
+                };
+                if settled {
+                    break;
+                }
+                if changed.changed().await.is_err() {
+                    break;
+                }
             }
-            *registry
-                .running_by_owner
-                .entry(run.meta.owner.clone())
-                .or_default() += 1;
-            drop(registry);
-            shared
-                .retained_bytes
-                .fetch_add(size as u64, Ordering::Relaxed);
-            shared.running.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(drive(shared, run, events, recorder));
-            Ok(())
+            match accepted {
+                Ok(accepted) => Ok(Published {
+                    appended: accepted.appended,
+                    offset: accepted.offset,
+                    status: run.log.status(),
+                }),
+                Err(Refused::OffsetMismatch { given, offset }) => {
+                    Err(HubError::OffsetMismatch { given, offset })
+                }
+                Err(Refused::Ended { offset }) => Err(HubError::Finished {
+                    status: run.log.status(),
+                    offset,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn ended(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunStatus, HubError>> {
+        let shared = self.shared.clone();
+        async move {
+            let run = shared.lookup(&id, &viewer)?;
+            let mut changed = run.log.watch();
+            loop {
+                let status = run.log.status();
+                if status != RunStatus::Running || changed.changed().await.is_err() {
+                    return Ok(status);
+                }
+            }
         }
         .boxed()
     }

@@ -90,6 +90,18 @@ pub enum RunStatus {
     Cancelled,
 }
 
+impl RunStatus {
+    /// The status as the API writes it: `running`, `done`, `error`, `cancelled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Error => "error",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What a run is, fixed when it starts.
 #[derive(Debug, Clone)]
 pub struct RunMeta {
@@ -195,6 +207,26 @@ pub enum HubError {
     BeyondEnd { after: Seq, last: Seq },
     #[error("hub unavailable: {0}")]
     Unavailable(String),
+    /// Events were published to a run that is not a push run.
+    #[error("the run is not a push run: its agent produces its events")]
+    NotPush,
+    /// A publish's `Sluice-Offset` is beyond what the run holds.
+    #[error("Sluice-Offset {given} is beyond the run's offset {offset}: publish from {offset}")]
+    OffsetMismatch { given: Seq, offset: Seq },
+    /// A publish to a run that has ended.
+    #[error("the run has ended ({status:?}); nothing more can be published to it")]
+    Finished { status: RunStatus, offset: Seq },
+}
+
+/// What a publish to a push run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Published {
+    /// Events appended by this publish.
+    pub appended: u64,
+    /// Events published to the run so far.
+    pub offset: u64,
+    /// The run's status after it.
+    pub status: RunStatus,
 }
 
 /// A place where runs live. Methods are called once per request, never per
@@ -222,6 +254,27 @@ pub trait HubBackend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<RunSnapshot>, HubError>>;
     /// Cancel a running run; waits briefly until its terminal event is logged.
     fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>>;
+    /// Starts a push run (SPEC 12): it has no agent of its own; its events
+    /// come from [`HubBackend::publish`], and after `idle_timeout` without
+    /// one it ends with `error producer_timeout`.
+    fn start_push(
+        &self,
+        meta: RunMeta,
+        idle_timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), HubError>>;
+    /// Appends published events to push run `id`, exactly once: with
+    /// `given` (how many events the producer had published before these),
+    /// events the run holds already are skipped and a gap is refused.
+    /// Answers once the events are logged.
+    fn publish(
+        &self,
+        id: RunId,
+        viewer: Viewer,
+        given: Option<Seq>,
+        events: Vec<crate::agent::AgentEvent>,
+    ) -> BoxFuture<'_, Result<Published, HubError>>;
+    /// Resolves with run `id`'s status once it has ended.
+    fn ended(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunStatus, HubError>>;
     /// The latest run of the viewer's AI SDK chat `chat`, while it is retained.
     fn chat_run(
         &self,
@@ -264,6 +317,28 @@ impl Hub {
         viewer: Viewer,
     ) -> Result<Resume, HubError> {
         self.backend.subscribe(id, after, format, viewer).await
+    }
+
+    pub async fn start_push(
+        &self,
+        meta: RunMeta,
+        idle_timeout: std::time::Duration,
+    ) -> Result<(), HubError> {
+        self.backend.start_push(meta, idle_timeout).await
+    }
+
+    pub async fn publish(
+        &self,
+        id: RunId,
+        viewer: Viewer,
+        given: Option<Seq>,
+        events: Vec<crate::agent::AgentEvent>,
+    ) -> Result<Published, HubError> {
+        self.backend.publish(id, viewer, given, events).await
+    }
+
+    pub async fn ended(&self, id: RunId, viewer: Viewer) -> Result<RunStatus, HubError> {
+        self.backend.ended(id, viewer).await
     }
 
     pub async fn chat_run(&self, chat: String, viewer: Viewer) -> Result<Option<RunId>, HubError> {

@@ -33,8 +33,8 @@ use tokio_util::task::TaskTracker;
 use super::memory::{Elsewhere, MemoryHub, Run};
 use super::record::{Entry, RunEnd, NODE_LOST, NODE_LOST_MESSAGE};
 use super::{
-    rfc3339, Cancelled, HubBackend, HubError, Resume, RunId, RunMeta, RunSnapshot, RunStatus, Seq,
-    Viewer,
+    rfc3339, Cancelled, HubBackend, HubError, Published, Resume, RunId, RunMeta, RunSnapshot,
+    RunStatus, Seq, Viewer,
 };
 use crate::agent::AgentStream;
 use crate::config::Config;
@@ -132,15 +132,6 @@ async fn bounded<T>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(unavailable(e)),
         Err(_) => Err(unavailable("no answer in time")),
-    }
-}
-
-fn status_name(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Running => "running",
-        RunStatus::Done => "done",
-        RunStatus::Error => "error",
-        RunStatus::Cancelled => "cancelled",
     }
 }
 
@@ -383,7 +374,7 @@ impl Inner {
             redis::Cmd::hset_multiple(
                 run_key(id),
                 &[
-                    ("status", status_name(status).to_owned()),
+                    ("status", status.as_str().to_owned()),
                     ("finished", rfc3339(finished)),
                     ("usage", usage),
                 ],
@@ -826,58 +817,130 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The commands that make a run known to every node before its first
+    /// event: its hash, the index, the running set, its chat.
+    fn start_commands(&self, meta: &RunMeta) -> Vec<redis::Cmd> {
+        let inner = self;
+        let created_ms = meta
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let id = meta.id.clone();
+        let mut commands = Vec::new();
+        if let Some(chat) = &meta.chat {
+            commands.push(redis::Cmd::set_ex(
+                chat_key(&meta.owner, chat),
+                id.as_str(),
+                inner.index_for.as_secs(),
+            ));
+        }
+        // Known to every node before its first event, or not started:
+        // with Redis down, new runs are refused.
+        commands.extend([
+            redis::Cmd::hset_multiple(
+                run_key(&id),
+                &[
+                    ("agent", meta.agent.clone()),
+                    ("model", meta.model.clone()),
+                    ("chat", meta.chat.clone().unwrap_or_default()),
+                    ("prompt", meta.prompt.clone()),
+                    ("owner", owner_field(&meta.owner)),
+                    ("created_ms", created_ms.to_string()),
+                    ("node", inner.node.clone()),
+                    (
+                        "cod",
+                        if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+                    ),
+                    ("status", "running".to_owned()),
+                ],
+            ),
+            redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
+            // Ids whose runs have long expired leave the index.
+            redis::Cmd::zrembyscore(
+                RUNS,
+                "-inf",
+                created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
+            ),
+            redis::Cmd::sadd(RUNNING, id.as_str()),
+        ]);
+        commands
+    }
+
+    /// Registers the run in Redis, starts it here with `start`, and
+    /// replicates its log. With Redis down, new runs are refused.
+    async fn start_run(
+        self: &Arc<Self>,
+        meta: RunMeta,
+        start: impl std::future::Future<Output = Result<(), HubError>>,
+    ) -> Result<(), HubError> {
+        let id = meta.id.clone();
+        self.submit(self.start_commands(&meta)).await?;
+        start.await?;
+        if let Some(run) = self.local.local(&id) {
+            self.tasks.spawn(replicate(self.clone(), run));
+        }
+        Ok(())
+    }
+}
+
 impl HubBackend for RedisHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
+        let inner = &self.inner;
+        let local = inner.local.clone();
+        inner
+            .start_run(meta.clone(), async move { local.start(meta, events).await })
+            .boxed()
+    }
+
+    fn start_push(
+        &self,
+        meta: RunMeta,
+        idle_timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), HubError>> {
+        let inner = &self.inner;
+        let local = inner.local.clone();
+        inner
+            .start_run(meta.clone(), async move {
+                local.start_push(meta, idle_timeout).await
+            })
+            .boxed()
+    }
+
+    fn publish(
+        &self,
+        id: RunId,
+        viewer: Viewer,
+        given: Option<Seq>,
+        events: Vec<crate::agent::AgentEvent>,
+    ) -> BoxFuture<'_, Result<Published, HubError>> {
         async move {
             let inner = &self.inner;
-            let created_ms = meta
-                .created_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
-            let id = meta.id.clone();
-            let mut commands = Vec::new();
-            if let Some(chat) = &meta.chat {
-                commands.push(redis::Cmd::set_ex(
-                    chat_key(&meta.owner, chat),
-                    id.as_str(),
-                    inner.index_for.as_secs(),
-                ));
+            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
+                return inner.local.publish(id, viewer, given, events).await;
             }
-            // Known to every node before its first event, or not started:
-            // with Redis down, new runs are refused.
-            commands.extend([
-                redis::Cmd::hset_multiple(
-                    run_key(&id),
-                    &[
-                        ("agent", meta.agent.clone()),
-                        ("model", meta.model.clone()),
-                        ("chat", meta.chat.clone().unwrap_or_default()),
-                        ("prompt", meta.prompt.clone()),
-                        ("owner", owner_field(&meta.owner)),
-                        ("created_ms", created_ms.to_string()),
-                        ("node", inner.node.clone()),
-                        (
-                            "cod",
-                            if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
-                        ),
-                        ("status", "running".to_owned()),
-                    ],
-                ),
-                redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
-                // Ids whose runs have long expired leave the index.
-                redis::Cmd::zrembyscore(
-                    RUNS,
-                    "-inf",
-                    created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
-                ),
-                redis::Cmd::sadd(RUNNING, id.as_str()),
-            ]);
-            inner.submit(commands).await?;
-            inner.local.start(meta, events).await?;
-            if let Some(run) = inner.local.local(&id) {
-                inner.tasks.spawn(replicate(inner.clone(), run));
+            let stored = inner.load_meta(&id, &viewer).await?;
+            if stored.status != RunStatus::Running {
+                return Err(HubError::Finished {
+                    status: stored.status,
+                    offset: 0,
+                });
             }
-            Ok(())
+            Err(HubError::Unavailable(
+                "with the Redis hub, a push run's events are published through the node that created it".into(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn ended(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunStatus, HubError>> {
+        async move {
+            let inner = &self.inner;
+            if inner.local.local(&id).is_none() {
+                let stored = inner.load_meta(&id, &viewer).await?;
+                inner.mirror(stored).await?;
+            }
+            inner.local.ended(id, viewer).await
         }
         .boxed()
     }
