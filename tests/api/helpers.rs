@@ -83,6 +83,22 @@ impl TestApp {
         collect(response).await
     }
 
+    /// Polls the snapshot until its text is `text`, for at most 10 s.
+    pub async fn wait_for_text(&self, run_id: &str, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, snapshot) = self.get_json(&format!("/api/runs/{run_id}")).await;
+            if snapshot["text"] == text {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the text never became {text:?}: {snapshot}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls the snapshot until `status` or the deadline.
     pub async fn wait_for_status(&self, run_id: &str, status: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;

@@ -17,6 +17,7 @@ mod lifecycle;
 mod metrics;
 mod openai;
 mod openai_sdk;
+mod push;
 mod real_model;
 mod resume;
 mod runs;
