@@ -139,19 +139,24 @@ pub fn channel(idle_timeout: Duration) -> (Inbox, AgentStream) {
                 // The inbox went with its run: nothing more can come.
                 Ok(None) => break,
                 Err(_) => {
-                    yield AgentEvent::Error {
-                        code: "producer_timeout".into(),
-                        message: format!(
-                            "no event was published for {} s (idle_timeout_secs)",
-                            idle_timeout.as_secs()
-                        ),
-                    };
+                    yield timed_out(idle_timeout);
                     break;
                 }
             }
         }
     };
     (inbox, Box::pin(events))
+}
+
+/// The end of a push run whose producer published nothing for `idle_timeout`.
+pub fn timed_out(idle_timeout: Duration) -> AgentEvent {
+    AgentEvent::Error {
+        code: "producer_timeout".into(),
+        message: format!(
+            "no event was published for {} s (idle_timeout_secs)",
+            idle_timeout.as_secs()
+        ),
+    }
 }
 
 impl Inbox {

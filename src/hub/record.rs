@@ -91,6 +91,32 @@ impl Recorder {
         (recorder, plain(frame))
     }
 
+    /// A recorder that goes on after `seq` events, `tokens` of them tokens,
+    /// the first `first_token` after the run started: for a run that
+    /// several processes record in turn (a push run on a shared hub).
+    pub fn resume(meta: &RunMeta, seq: Seq, tokens: u64, first_token: Option<Duration>) -> Self {
+        let age = std::time::SystemTime::now()
+            .duration_since(meta.created_at)
+            .unwrap_or_default();
+        Self {
+            run_id: meta.id.clone(),
+            seq,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            first_token,
+            tokens,
+        }
+    }
+
+    /// Token events recorded so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// When the first token came, after the run's start.
+    pub fn first_token(&self) -> Option<Duration> {
+        self.first_token
+    }
+
     /// The entry for one agent event.
     pub fn record(&mut self, event: AgentEvent) -> Entry {
         match event {

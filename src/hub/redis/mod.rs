@@ -18,6 +18,8 @@
 //! `chat:{owner length}:{owner}:{chat id}` (an AI SDK chat's latest run),
 //! and the pub/sub channel `cancel`.
 
+mod push;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,7 +33,7 @@ use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
 
 use super::memory::{Elsewhere, MemoryHub, Run};
-use super::record::{Entry, RunEnd, NODE_LOST, NODE_LOST_MESSAGE};
+use super::record::{Entry, Recorder, RunEnd, NODE_LOST, NODE_LOST_MESSAGE};
 use super::{
     rfc3339, Cancelled, HubBackend, HubError, Published, Resume, RunId, RunMeta, RunSnapshot,
     RunStatus, Seq, Viewer,
@@ -223,6 +225,10 @@ struct Inner {
     index_for: Duration,
     /// Replicators and followers, so shutdown can wait for the last frames.
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// `runs.max_run_secs`, which push runs (driven by no node) are held to
+    /// by every node's idle watch.
+    max_run: Option<Duration>,
 }
 
 impl RedisHub {
@@ -254,7 +260,7 @@ impl RedisHub {
             }
             .boxed()
         });
-        let local = MemoryHub::with_elsewhere(&config.runs, metrics, Some(elsewhere));
+        let local = MemoryHub::with_elsewhere(&config.runs, metrics.clone(), Some(elsewhere));
         let (writer, writes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(write(conn.clone(), writes));
         let inner = Arc::new(Inner {
@@ -271,12 +277,15 @@ impl RedisHub {
                     .max_run()
                     .unwrap_or(Duration::from_secs(GONE_SECS)),
             tasks: TaskTracker::new(),
+            metrics,
+            max_run: config.runs.max_run(),
         });
         let _ = watchers.set(Arc::downgrade(&inner));
         inner.renew_lease().await?;
         tokio::spawn(keep_lease(Arc::downgrade(&inner)));
         tokio::spawn(listen_for_cancels(Arc::downgrade(&inner)));
         tokio::spawn(reap_lost_runs(Arc::downgrade(&inner)));
+        tokio::spawn(push::watch_idle_push_runs(Arc::downgrade(&inner)));
         tracing::info!(node = %inner.node, url = %config.hub.url, "shared hub: Redis");
         Ok(Self { inner })
     }
@@ -476,10 +485,13 @@ struct Stored {
     status: RunStatus,
     finished: Option<String>,
     usage: Option<Value>,
+    /// A push run's producer state; `None` for runs a node drives.
+    producer: Option<push::Producer>,
 }
 
 impl Stored {
     fn from_fields(id: &RunId, mut fields: HashMap<String, String>) -> Self {
+        let producer = push::Producer::from_fields(&mut fields);
         let mut take = |name: &str| fields.remove(name).unwrap_or_default();
         let owner = take("owner");
         let created_ms: u64 = take("created_ms").parse().unwrap_or(0);
@@ -500,6 +512,7 @@ impl Stored {
             status: parse_status(&take("status")),
             finished,
             usage,
+            producer,
         }
     }
 
@@ -820,8 +833,9 @@ impl Inner {
 impl Inner {
     /// The commands that make a run known to every node before its first
     /// event: its hash, the index, the running set, its chat.
-    fn start_commands(&self, meta: &RunMeta) -> Vec<redis::Cmd> {
-        let inner = self;
+    /// A push run (`push`: its idle timeout) belongs to no node: it goes
+    /// to the `pushing` set instead of `running`, with its producer state.
+    fn start_commands(&self, meta: &RunMeta, push: Option<Duration>) -> Vec<redis::Cmd> {
         let created_ms = meta
             .created_at
             .duration_since(UNIX_EPOCH)
@@ -832,37 +846,48 @@ impl Inner {
             commands.push(redis::Cmd::set_ex(
                 chat_key(&meta.owner, chat),
                 id.as_str(),
-                inner.index_for.as_secs(),
+                self.index_for.as_secs(),
             ));
         }
+        let node = if push.is_some() {
+            String::new()
+        } else {
+            self.node.clone()
+        };
+        let mut fields = vec![
+            ("agent", meta.agent.clone()),
+            ("model", meta.model.clone()),
+            ("chat", meta.chat.clone().unwrap_or_default()),
+            ("prompt", meta.prompt.clone()),
+            ("owner", owner_field(&meta.owner)),
+            ("created_ms", created_ms.to_string()),
+            ("node", node),
+            (
+                "cod",
+                if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
+            ),
+            ("status", "running".to_owned()),
+        ];
+        fields.extend(push.map(push::Producer::start_fields).unwrap_or_default());
         // Known to every node before its first event, or not started:
         // with Redis down, new runs are refused.
         commands.extend([
-            redis::Cmd::hset_multiple(
-                run_key(&id),
-                &[
-                    ("agent", meta.agent.clone()),
-                    ("model", meta.model.clone()),
-                    ("chat", meta.chat.clone().unwrap_or_default()),
-                    ("prompt", meta.prompt.clone()),
-                    ("owner", owner_field(&meta.owner)),
-                    ("created_ms", created_ms.to_string()),
-                    ("node", inner.node.clone()),
-                    (
-                        "cod",
-                        if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
-                    ),
-                    ("status", "running".to_owned()),
-                ],
-            ),
+            redis::Cmd::hset_multiple(run_key(&id), &fields),
             redis::Cmd::zadd(RUNS, id.as_str(), created_ms as f64),
             // Ids whose runs have long expired leave the index.
             redis::Cmd::zrembyscore(
                 RUNS,
                 "-inf",
-                created_ms.saturating_sub(inner.index_for.as_millis()) as f64,
+                created_ms.saturating_sub(self.index_for.as_millis()) as f64,
             ),
-            redis::Cmd::sadd(RUNNING, id.as_str()),
+            redis::Cmd::sadd(
+                if push.is_some() {
+                    push::PUSHING
+                } else {
+                    RUNNING
+                },
+                id.as_str(),
+            ),
         ]);
         commands
     }
@@ -875,7 +900,7 @@ impl Inner {
         start: impl std::future::Future<Output = Result<(), HubError>>,
     ) -> Result<(), HubError> {
         let id = meta.id.clone();
-        self.submit(self.start_commands(&meta)).await?;
+        self.submit(self.start_commands(&meta, None)).await?;
         start.await?;
         if let Some(run) = self.local.local(&id) {
             self.tasks.spawn(replicate(self.clone(), run));
@@ -898,13 +923,19 @@ impl HubBackend for RedisHub {
         meta: RunMeta,
         idle_timeout: Duration,
     ) -> BoxFuture<'_, Result<(), HubError>> {
-        let inner = &self.inner;
-        let local = inner.local.clone();
-        inner
-            .start_run(meta.clone(), async move {
-                local.start_push(meta, idle_timeout).await
-            })
-            .boxed()
+        async move {
+            let inner = &self.inner;
+            let (_, first) = Recorder::start(&meta);
+            let mut commands = inner.start_commands(&meta, Some(idle_timeout));
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(events_key(&meta.id))
+                .arg("1-0")
+                .arg("f")
+                .arg(first.frame.as_ref());
+            commands.push(xadd);
+            inner.submit(commands).await
+        }
+        .boxed()
     }
 
     fn publish(
@@ -914,23 +945,7 @@ impl HubBackend for RedisHub {
         given: Option<Seq>,
         events: Vec<crate::agent::AgentEvent>,
     ) -> BoxFuture<'_, Result<Published, HubError>> {
-        async move {
-            let inner = &self.inner;
-            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
-                return inner.local.publish(id, viewer, given, events).await;
-            }
-            let stored = inner.load_meta(&id, &viewer).await?;
-            if stored.status != RunStatus::Running {
-                return Err(HubError::Finished {
-                    status: stored.status,
-                    offset: 0,
-                });
-            }
-            Err(HubError::Unavailable(
-                "with the Redis hub, a push run's events are published through the node that created it".into(),
-            ))
-        }
-        .boxed()
+        async move { self.inner.publish_push(&id, &viewer, given, events).await }.boxed()
     }
 
     fn ended(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunStatus, HubError>> {
@@ -1072,6 +1087,13 @@ impl HubBackend for RedisHub {
             let stored = inner.load_meta(&id, &viewer).await?;
             if stored.status != RunStatus::Running {
                 return Ok(Cancelled::AlreadyFinished(stored.status));
+            }
+            // A push run has no driver to tell: this node ends it.
+            if stored.producer.is_some() {
+                return Ok(match inner.end_push(&stored, Recorder::cancelled).await? {
+                    RunStatus::Cancelled => Cancelled::Now,
+                    other => Cancelled::AlreadyFinished(other),
+                });
             }
             let mut conn = inner.conn.clone();
             bounded(conn.publish::<_, _, ()>(CANCEL_CHANNEL, id.as_str())).await?;
