@@ -22,6 +22,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+#[path = "streams/publish.rs"]
+mod publish;
 #[path = "streams/report.rs"]
 mod report;
 
@@ -895,6 +897,11 @@ fn main() {
                     );
                 }
             }
+            if target == Target::Sluice && wanted("publish") {
+                let subscribers = if quick { 20 } else { 100 };
+                let start = || start_server(target);
+                results.extend(publish::scenarios(start, subscribers, quick).await);
+            }
             if target == Target::Sluice && wanted("resume") {
                 let server = start_server(target);
                 results.push(resume_storm(&server, resume_clients, 2_000).await);
@@ -903,6 +910,7 @@ fn main() {
     }
     print_table(&results);
     print_format_costs(&results);
+    publish::print(&results);
     if targets.len() > 1 {
         print_ratios(&results);
     }
