@@ -797,4 +797,28 @@ async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() 
     .await;
     assert_eq!(events.last().unwrap().data["code"], "producer_timeout");
     assert_eq!(events.len(), 2);
+
+    // Made with cancel_on_disconnect: cancelled once no node has had a
+    // subscriber for the disconnect grace (1 s here).
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/runs", a.base))
+        .json(&json!({"agent": "push", "cancel_on_disconnect": true}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    let left = body["id"].as_str().unwrap().to_owned();
+    let on_b = format!("{}/api/runs/{left}/events", b.base);
+    assert_eq!(publish_to(&on_b, 0, &token_lines(0, 1)).await.0, 200);
+    let (seen, _) = read(&on_b, None, 2).await;
+    assert_eq!(seen.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, snapshot) = get_json(&format!("{}/api/runs/{left}", a.base)).await;
+        if snapshot["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never cancelled: {snapshot}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -226,6 +226,9 @@ struct Inner {
     /// Replicators and followers, so shutdown can wait for the last frames.
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    /// `runs.disconnect_grace_secs`, which push runs made with
+    /// `cancel_on_disconnect` are held to by every node's idle watch.
+    disconnect_grace: Duration,
     /// `runs.max_run_secs`, which push runs (driven by no node) are held to
     /// by every node's idle watch.
     max_run: Option<Duration>,
@@ -278,6 +281,7 @@ impl RedisHub {
                     .unwrap_or(Duration::from_secs(GONE_SECS)),
             tasks: TaskTracker::new(),
             metrics,
+            disconnect_grace: config.runs.disconnect_grace(),
             max_run: config.runs.max_run(),
         });
         let _ = watchers.set(Arc::downgrade(&inner));

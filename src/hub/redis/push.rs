@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 
-use super::{bounded, events_key, run_key, Inner, Stored};
+use super::{bounded, events_key, run_key, watch_key, Inner, Stored};
 use crate::agent::push::timed_out;
 use crate::agent::AgentEvent;
 use crate::hub::record::{Entry, Recorder};
@@ -280,10 +280,15 @@ impl Inner {
         end.status
     }
 
-    /// Ends push runs whose producer has been idle for their timeout, or
-    /// that reached `max_run_secs`. Any node may; the append script makes
-    /// sure one does.
-    async fn end_idle_push_runs(&self) -> Result<(), HubError> {
+    /// Ends push runs whose producer has been idle for their timeout, that
+    /// reached `max_run_secs`, or that were made with `cancel_on_disconnect`
+    /// and have had no subscriber on any node for the disconnect grace
+    /// (`unwatched`: since when this node has seen each so). Any node may;
+    /// the append script makes sure one does.
+    async fn end_idle_push_runs(
+        &self,
+        unwatched: &mut HashMap<RunId, std::time::Instant>,
+    ) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = bounded(conn.smembers(PUSHING)).await?;
         let now = now_ms();
@@ -307,7 +312,9 @@ impl Inner {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let idle = Duration::from_millis(producer.idle_ms);
-            if now.saturating_sub(producer.last_ms) >= producer.idle_ms {
+            if stored.meta.cancel_on_disconnect && self.unwatched_for(&id, unwatched).await? {
+                self.end_push(&stored, Recorder::cancelled).await?;
+            } else if now.saturating_sub(producer.last_ms) >= producer.idle_ms {
                 self.end_push(&stored, |recorder| recorder.record(timed_out(idle)))
                     .await?;
             } else if let Some(limit) = self
@@ -318,7 +325,27 @@ impl Inner {
                     .await?;
             }
         }
+        unwatched.retain(|id, _| ids.iter().any(|i| i == id.as_str()));
         Ok(())
+    }
+
+    /// Whether run `id` has had no subscriber on any node for the
+    /// disconnect grace (and at least a second, for its first to come).
+    async fn unwatched_for(
+        &self,
+        id: &RunId,
+        unwatched: &mut HashMap<RunId, std::time::Instant>,
+    ) -> Result<bool, HubError> {
+        let mut conn = self.conn.clone();
+        let counts: HashMap<String, i64> = bounded(conn.hgetall(watch_key(id))).await?;
+        if counts.values().sum::<i64>() > 0 {
+            unwatched.remove(id);
+            return Ok(false);
+        }
+        let since = *unwatched
+            .entry(id.clone())
+            .or_insert_with(std::time::Instant::now);
+        Ok(since.elapsed() >= self.disconnect_grace.max(Duration::from_secs(1)))
     }
 }
 
@@ -326,12 +353,13 @@ impl Inner {
 pub(super) async fn watch_idle_push_runs(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(IDLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unwatched = HashMap::new();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if let Err(e) = inner.end_idle_push_runs().await {
+        if let Err(e) = inner.end_idle_push_runs(&mut unwatched).await {
             tracing::debug!(error = %e, "could not look for idle push runs");
         }
     }
