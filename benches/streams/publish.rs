@@ -80,7 +80,10 @@ async fn publish(
         .and_then(|r| r.error_for_status())
         .unwrap_or_else(|e| panic!("publish: {e}"));
     let answer: Value = answer.json().await.unwrap_or_default();
-    assert_eq!(answer["status"], "done", "the publish ended the run: {answer}");
+    assert_eq!(
+        answer["status"], "done",
+        "the publish ended the run: {answer}"
+    );
     started.elapsed()
 }
 
@@ -98,7 +101,10 @@ async fn probe(server_addr: std::net::SocketAddr, id: String, base: Instant) -> 
     while let Some(Ok(chunk)) = body.next().await {
         let now = base.elapsed();
         pending.extend_from_slice(&chunk);
-        let end = pending.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        let end = pending
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
         for line in pending[..end].split(|b| *b == b'\n') {
             let Some(data) = line.strip_prefix(b"data: {\"text\":\"") else {
                 continue;
@@ -128,11 +134,7 @@ fn restart(baseline: Baseline) -> Baseline {
 }
 
 /// The two push-run scenarios against a fresh server each.
-pub async fn scenarios(
-    start: impl Fn() -> Server,
-    subscribers: usize,
-    quick: bool,
-) -> Vec<Value> {
+pub async fn scenarios(start: impl Fn() -> Server, subscribers: usize, quick: bool) -> Vec<Value> {
     let mut results = Vec::new();
     // Throughput: one streamed publish at full speed.
     {
@@ -155,7 +157,15 @@ pub async fn scenarios(
         let rss_open = kib(&baseline.pids, "VmRSS:");
         // Time and CPU from the first line on, not from the connections.
         let baseline = restart(baseline);
-        let took = publish(&server, &id, lines, LINES_PER_CHUNK, Duration::ZERO, Instant::now()).await;
+        let took = publish(
+            &server,
+            &id,
+            lines,
+            LINES_PER_CHUNK,
+            Duration::ZERO,
+            Instant::now(),
+        )
+        .await;
         let mut result = report("publish", subscribers, 0, tasks, &baseline, rss_open).await;
         result["server"] = json!(Target::Sluice.name());
         result["published_lines_per_s"] = json!(lines as f64 / took.as_secs_f64());
@@ -185,7 +195,15 @@ pub async fn scenarios(
         publish(&server, &id, lines, 1, Duration::from_millis(2), base).await;
         let mut latencies = probe.await.unwrap_or_default();
         latencies.sort();
-        let mut result = report("publish latency", subscribers, 2, tasks, &baseline, rss_open).await;
+        let mut result = report(
+            "publish latency",
+            subscribers,
+            2,
+            tasks,
+            &baseline,
+            rss_open,
+        )
+        .await;
         result["server"] = json!(Target::Sluice.name());
         result["line_to_subscriber_p50_ms"] = json!(percentile(&latencies, 0.5));
         result["line_to_subscriber_p99_ms"] = json!(percentile(&latencies, 0.99));
