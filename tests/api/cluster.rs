@@ -822,3 +822,23 @@ async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn random_publishes_through_both_nodes_leave_each_event_once_in_order() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let proxy = round_robin(vec![addr_of(&a), addr_of(&b)]).await;
+    let client = reqwest::Client::new();
+    for seed in 1..=3u64 {
+        let id = create_push(&a.base).await;
+        let words: Vec<String> = (0..60).map(|n| format!(" s{seed}w{n}")).collect();
+        let url = format!("http://{proxy}/api/runs/{id}/events");
+        publish_randomly(&client, &url, seed, &words).await;
+        for base in [&a.base, &b.base] {
+            let (events, _) = read(&format!("{base}/api/runs/{id}/events"), None, usize::MAX).await;
+            assert_contiguous(&events, 1);
+            assert_eq!(tokens_of(&events), words, "seed {seed}, read from {base}");
+            assert_eq!(events.last().unwrap().event, "done");
+        }
+    }
+}

@@ -265,3 +265,69 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, limit: Option<usize>) {
     to_server.abort();
     let _ = client_write.shutdown().await;
 }
+
+/// A small deterministic generator, so that a failure can be replayed.
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Publishes `words` as token lines to a push run's `url` the way a
+/// flaky worker would, then `done`: batches from somewhat before what the
+/// run holds to somewhat after, each body cut into random pieces (lines
+/// split anywhere), one in four sent twice, always with `Sluice-Offset`.
+/// Asserts each answer's offset.
+pub async fn publish_randomly(client: &reqwest::Client, url: &str, seed: u64, words: &[String]) {
+    let mut rng = XorShift::new(seed);
+    let line = |text: &str| format!("{}\n", serde_json::json!({"event": "token", "text": text}));
+    let mut offset = 0usize;
+    while offset < words.len() {
+        let from = offset - rng.below(offset.min(6) as u64 + 1) as usize;
+        let to = (from + 1 + rng.below(12) as usize).min(words.len());
+        let body: String = words[from..to].iter().map(|w| line(w)).collect();
+        let mut chunks = Vec::new();
+        let mut rest = body.into_bytes();
+        while !rest.is_empty() {
+            let at = (1 + rng.below(40) as usize).min(rest.len());
+            chunks.push(rest.drain(..at).collect::<Vec<u8>>());
+        }
+        for _ in 0..1 + usize::from(rng.below(4) == 0) {
+            let pieces = chunks.clone().into_iter().map(Ok::<_, std::io::Error>);
+            let response = client
+                .post(url)
+                .header("content-type", "application/x-ndjson")
+                .header("sluice-offset", from.to_string())
+                .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 200, "seed {seed}, {from}..{to}: {answer}");
+            assert_eq!(
+                answer["offset"],
+                to.max(offset),
+                "seed {seed}, {from}..{to}"
+            );
+        }
+        offset = to.max(offset);
+    }
+    let done = client
+        .post(url)
+        .header("sluice-offset", offset.to_string())
+        .body("{\"event\":\"done\"}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200, "seed {seed}: the done line");
+}

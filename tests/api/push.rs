@@ -358,3 +358,17 @@ async fn only_the_runs_key_or_its_publish_token_may_publish() {
     assert_eq!(snapshot["text"], "ab");
     let _ = other;
 }
+
+#[tokio::test]
+async fn random_splits_retries_and_replays_leave_each_event_once_in_order() {
+    let app = spawn_app().await;
+    for seed in 1..=8u64 {
+        let (id, url, _) = create_push(&app, None, "push").await;
+        let words: Vec<String> = (0..80).map(|n| format!(" s{seed}w{n}")).collect();
+        publish_randomly(&app.client, &app.url(&url), seed, &words).await;
+        let events = app.events(&format!("/api/runs/{id}/events")).await;
+        assert_contiguous(&events, 1);
+        assert_eq!(tokens_of(&events), words, "seed {seed}");
+        assert_eq!(events.last().unwrap().event, "done");
+    }
+}
