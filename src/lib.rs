@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: the TOML file and `SLUICE_*` overrides, validated into one [`Config`].
 //! - [`agent`]: the token sources. An [`Agent`] turns a prompt and parameters
-//!   into a stream of [`AgentEvent`]s; [`agent::sim`] is the built-in simulator.
+//!   into a stream of [`AgentEvent`]s; [`agent::sim`] is the built-in simulator,
+//!   and [`agent::push`] the inbox of runs whose events a worker publishes.
 //! - [`hub`]: runs and their event logs. Each event is encoded once into shared
 //!   bytes and appended to its run's log; every subscriber walks the log from
 //!   its own cursor. [`hub::memory`] is the in-process backend.
