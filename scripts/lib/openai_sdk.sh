@@ -1,11 +1,13 @@
 # The official `openai` Python package, for the test that points it at
 # Sluice's OpenAI-compatible front door (tests/clients/openai_sdk.py, run by
 # tests/api/openai_sdk.rs): a client Sluice did not write reads its chunks
-# and its error bodies.
+# and its error bodies. The same venv holds a pinned `httpx` (a dependency of
+# openai, pinned here on its own) for the push worker example,
+# examples/push_worker.py, which tests/api/push_workers.rs runs.
 #
 # The virtualenv is cached per machine, outside the checkout, in a folder
-# keyed by the pinned version and by the Python that made it, so a venv of
-# another version or of another Python is never picked up. It is built in a
+# keyed by the pinned versions and by the Python that made it, so a venv of
+# other versions or of another Python is never picked up. It is built in a
 # temporary folder beside it and moved into place only once whole: an
 # interrupted install leaves nothing that a later run could reuse.
 #
@@ -15,12 +17,13 @@
 # skips loudly elsewhere.
 
 OPENAI_SDK_VERSION=3.57.0
+HTTPX_VERSION=0.28.1
 OPENAI_SDK_CACHE="${SLUICE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sluice}"
 
-# Whether the venv at $1 runs and imports the pinned version.
+# Whether the venv at $1 runs and imports both pinned versions.
 openai_sdk_usable() {
   [ -x "$1/bin/python" ] &&
-    "$1/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null
+    "$1/bin/python" -c "import httpx, openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION' or httpx.__version__ != '$HTTPX_VERSION')" 2>/dev/null
 }
 
 # Creates (or reuses) the venv; exports SLUICE_E2E_OPENAI_PYTHON or
@@ -33,13 +36,13 @@ openai_sdk_setup() {
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
     return 1
   fi
-  venv="$OPENAI_SDK_CACHE/openai-sdk-$OPENAI_SDK_VERSION-py$py"
+  venv="$OPENAI_SDK_CACHE/openai-sdk-$OPENAI_SDK_VERSION-httpx-$HTTPX_VERSION-py$py"
   if openai_sdk_usable "$venv"; then
     echo "openai-sdk: reusing $venv" >&2
     export SLUICE_E2E_OPENAI_PYTHON="$venv/bin/python"
     return 0
   fi
-  echo "openai-sdk: installing openai==$OPENAI_SDK_VERSION into $venv" >&2
+  echo "openai-sdk: installing openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION into $venv" >&2
   mkdir -p "$OPENAI_SDK_CACHE" || {
     export SLUICE_E2E_OPENAI_SDK_ERROR="cannot create the cache folder $OPENAI_SDK_CACHE"
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
@@ -57,10 +60,10 @@ openai_sdk_setup() {
   if ! python3 -m venv "$tmp/venv" >&2; then
     SLUICE_E2E_OPENAI_SDK_ERROR="python3 -m venv failed (is python3-venv installed?)"
   elif ! "$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "openai==$OPENAI_SDK_VERSION" >&2; then
-    SLUICE_E2E_OPENAI_SDK_ERROR="pip install openai==$OPENAI_SDK_VERSION failed (see the output above)"
-  elif ! "$tmp/venv/bin/python" -c 'import openai' >&2; then
-    SLUICE_E2E_OPENAI_SDK_ERROR="openai==$OPENAI_SDK_VERSION installed but does not import"
+    "openai==$OPENAI_SDK_VERSION" "httpx==$HTTPX_VERSION" >&2; then
+    SLUICE_E2E_OPENAI_SDK_ERROR="pip install openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION failed (see the output above)"
+  elif ! "$tmp/venv/bin/python" -c 'import httpx, openai' >&2; then
+    SLUICE_E2E_OPENAI_SDK_ERROR="openai==$OPENAI_SDK_VERSION or httpx==$HTTPX_VERSION installed but does not import"
   fi
   if [ -n "${SLUICE_E2E_OPENAI_SDK_ERROR:-}" ]; then
     rm -rf "$tmp"
@@ -81,7 +84,7 @@ openai_sdk_setup() {
   rm -rf "$tmp"
   if ! openai_sdk_usable "$venv"; then
     rm -rf "$venv"
-    export SLUICE_E2E_OPENAI_SDK_ERROR="the venv at $venv does not import openai $OPENAI_SDK_VERSION after the move"
+    export SLUICE_E2E_OPENAI_SDK_ERROR="the venv at $venv does not import openai $OPENAI_SDK_VERSION and httpx $HTTPX_VERSION after the move"
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
     return 1
   fi

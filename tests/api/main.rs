@@ -18,6 +18,7 @@ mod metrics;
 mod openai;
 mod openai_sdk;
 mod push;
+mod push_workers;
 mod real_model;
 mod resume;
 mod runs;
