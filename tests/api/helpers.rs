@@ -331,3 +331,45 @@ pub async fn publish_randomly(client: &reqwest::Client, url: &str, seed: u64, wo
         .unwrap();
     assert_eq!(done.status(), 200, "seed {seed}: the done line");
 }
+
+/// The test clients' venv python (`scripts/lib/openai_sdk.sh`: the `openai`
+/// package and `httpx`), or `None` after a loud message when `test` is to
+/// skip. Panics under CI=true when there is none.
+pub fn clients_python(test: &str) -> Option<String> {
+    let cause = if let Ok(error) = std::env::var("SLUICE_E2E_OPENAI_SDK_ERROR") {
+        format!("the test clients' venv could not be set up: {error}")
+    } else {
+        match std::env::var("SLUICE_E2E_OPENAI_PYTHON") {
+            Ok(python) if std::path::Path::new(&python).exists() => return Some(python),
+            Ok(python) => format!("SLUICE_E2E_OPENAI_PYTHON={python} does not exist"),
+            Err(_) => "SLUICE_E2E_OPENAI_PYTHON is not set (scripts/test sets it up with \
+                       scripts/lib/openai_sdk.sh)"
+                .to_owned(),
+        }
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true: the {test} test cannot run: {cause}");
+    }
+    eprintln!("\n!!! SKIPPING the {test} test: {cause} !!!\n");
+    None
+}
+
+/// `python script`, talking to loopback only (no proxy from the
+/// environment), unbuffered, with its output piped and killed when dropped.
+pub fn python_command(python: &str, script: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(script)
+        .env("NO_PROXY", "127.0.0.1,localhost,::1")
+        .env("no_proxy", "127.0.0.1,localhost,::1")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        command.env_remove(proxy).env_remove(proxy.to_lowercase());
+    }
+    command
+}

@@ -12,39 +12,15 @@
 //! missing SDK fails the test; elsewhere the test skips loudly.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 
 use crate::helpers::*;
 
 const KEY: &str = "sdk-test-key";
 /// The whole script takes about a second; a slow machine gets far more.
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The venv's python from scripts/test, or None (after a loud message) when
-/// the test is to skip. Panics under CI=true when there is none.
-fn sdk_python() -> Option<String> {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    let cause = if let Ok(error) = std::env::var("SLUICE_E2E_OPENAI_SDK_ERROR") {
-        format!("the openai SDK venv could not be set up: {error}")
-    } else {
-        match std::env::var("SLUICE_E2E_OPENAI_PYTHON") {
-            Ok(python) if Path::new(&python).exists() => return Some(python),
-            Ok(python) => format!("SLUICE_E2E_OPENAI_PYTHON={python} does not exist"),
-            Err(_) => "SLUICE_E2E_OPENAI_PYTHON is not set (scripts/test sets it up with \
-                       scripts/lib/openai_sdk.sh)"
-                .to_owned(),
-        }
-    };
-    if ci {
-        panic!("CI=true: the openai SDK test cannot run: {cause}");
-    }
-    eprintln!("\n!!! SKIPPING the openai SDK test: {cause} !!!\n");
-    None
-}
 
 /// Reads a child's pipe to its end, in the background.
 fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> tokio::task::JoinHandle<String> {
@@ -59,27 +35,13 @@ fn drain(pipe: Option<impl AsyncRead + Unpin + Send + 'static>) -> tokio::task::
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_openai_python_sdk_reads_sluice() {
-    let Some(python) = sdk_python() else {
+    let Some(python) = clients_python("openai SDK") else {
         return;
     };
     let app = spawn_with(&format!("[[auth.keys]]\nname = \"sdk\"\nkey = \"{KEY}\"\n")).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/openai_sdk.py");
-    let mut command = Command::new(&python);
-    command
-        .arg(&script)
-        .arg(app.url(""))
-        .arg(KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost,::1")
-        .env("no_proxy", "127.0.0.1,localhost,::1")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-        command.env_remove(proxy).env_remove(proxy.to_lowercase());
-    }
+    let mut command = python_command(&python, &script);
+    command.arg(app.url("")).arg(KEY);
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {python} {}: {e}", script.display()));

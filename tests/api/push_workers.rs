@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,34 +23,13 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 
 use crate::helpers::*;
 
 const KEY: &str = "worker-test-key";
 /// A worker publishes for a few seconds; a slow, busy machine gets far more.
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The venv's python from scripts/test, or None (after a loud message) when
-/// the test is to skip. Panics under CI=true when there is none.
-fn worker_python() -> Option<String> {
-    let cause = if let Ok(error) = std::env::var("SLUICE_E2E_OPENAI_SDK_ERROR") {
-        format!("the venv with httpx could not be set up: {error}")
-    } else {
-        match std::env::var("SLUICE_E2E_OPENAI_PYTHON") {
-            Ok(python) if Path::new(&python).exists() => return Some(python),
-            Ok(python) => format!("SLUICE_E2E_OPENAI_PYTHON={python} does not exist"),
-            Err(_) => "SLUICE_E2E_OPENAI_PYTHON is not set (scripts/test sets it up with \
-                       scripts/lib/openai_sdk.sh)"
-                .to_owned(),
-        }
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: the Python push worker test cannot run: {cause}");
-    }
-    eprintln!("\n!!! SKIPPING the Python push worker test: {cause} !!!\n");
-    None
-}
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/push_worker.py")
@@ -74,21 +53,8 @@ struct Worker {
 
 impl Worker {
     fn start(python: &str, args: &[&str]) -> Self {
-        let mut command = Command::new(python);
-        command
-            .arg(script())
-            .args(args)
-            .env("NO_PROXY", "127.0.0.1,localhost,::1")
-            .env("no_proxy", "127.0.0.1,localhost,::1")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for proxy in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
-            command.env_remove(proxy).env_remove(proxy.to_lowercase());
-        }
+        let mut command = python_command(python, &script());
+        command.args(args);
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {python} {}: {e}", script().display()));
@@ -162,7 +128,7 @@ async fn get_json(app: &TestApp, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_worker_publishes_a_run_that_a_subscriber_reads_as_it_comes() {
-    let Some(python) = worker_python() else {
+    let Some(python) = clients_python("Python push worker") else {
         return;
     };
     let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
@@ -227,7 +193,7 @@ async fn the_python_worker_publishes_a_run_that_a_subscriber_reads_as_it_comes()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_cut_off_mid_body_retries_with_its_offset_and_publishes_each_word_once() {
-    let Some(python) = worker_python() else {
+    let Some(python) = clients_python("Python push worker") else {
         return;
     };
     let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
@@ -301,7 +267,7 @@ async fn a_worker_cut_off_mid_body_retries_with_its_offset_and_publishes_each_wo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_last_answer_is_lost_retries_and_learns_its_done_made_it() {
-    let Some(python) = worker_python() else {
+    let Some(python) = clients_python("Python push worker") else {
         return;
     };
     let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
@@ -349,7 +315,7 @@ async fn a_worker_whose_last_answer_is_lost_retries_and_learns_its_done_made_it(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_whose_run_is_cancelled_stops_and_says_so() {
-    let Some(python) = worker_python() else {
+    let Some(python) = clients_python("Python push worker") else {
         return;
     };
     let app = spawn_app().await;
