@@ -38,15 +38,16 @@ const ATTEMPTS: usize = 100;
 /// KEYS: the run's hash and stream. ARGV: the `published` read, the new
 /// `published`, `tokens`, `first_ms`, `last_ms`, the end's status,
 /// `finished` and `usage` (empty unless the frames end the run), the
-/// first frame's seq, then the frames.
+/// first frame's seq, the stream's bound (`MAXLEN ~`, as for every run),
+/// then the frames.
 const APPEND: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
 local published = redis.call('HGET', KEYS[1], 'published') or '0'
 if status ~= 'running' then return {'finished', status or '', published} end
 if published ~= ARGV[1] then return {'moved', published} end
 local seq = tonumber(ARGV[9])
-for i = 10, #ARGV do
-  redis.call('XADD', KEYS[2], seq .. '-0', 'f', ARGV[i])
+for i = 11, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], seq .. '-0', 'f', ARGV[i])
   seq = seq + 1
 end
 redis.call('HSET', KEYS[1], 'published', ARGV[2], 'tokens', ARGV[3], 'first_ms', ARGV[4], 'last_ms', ARGV[5])
@@ -235,7 +236,8 @@ impl Inner {
             .arg(end.map_or("", |e| e.status.as_str()))
             .arg(end.map_or_else(String::new, |_| crate::hub::rfc3339(SystemTime::now())))
             .arg(end.map_or_else(String::new, |e| e.usage.to_string()))
-            .arg(producer.published + 2);
+            .arg(producer.published + 2)
+            .arg(super::MAX_EVENTS);
         for entry in entries {
             script.arg(entry.frame.as_ref());
         }
