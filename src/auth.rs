@@ -32,6 +32,9 @@ pub struct Caller {
     /// Set when that token is a push run's publish token: it may publish to
     /// `only_run` and do nothing else, not even read it.
     pub publish_only: bool,
+    /// Set when the caller came with any access token rather than a key or
+    /// a session: only a publish token may publish.
+    pub via_token: bool,
 }
 
 impl Caller {
@@ -41,6 +44,7 @@ impl Caller {
             key: None,
             only_run: None,
             publish_only: false,
+            via_token: false,
         }
     }
 
@@ -49,6 +53,7 @@ impl Caller {
             key: Some(name.to_owned()),
             only_run: None,
             publish_only: false,
+            via_token: false,
         }
     }
 }
@@ -209,6 +214,7 @@ impl Auth {
             key: Some(name),
             only_run,
             publish_only,
+            via_token: true,
         })
     }
 
@@ -382,6 +388,7 @@ mod tests {
                 key: Some("ci".into()),
                 only_run: Some(run.clone()),
                 publish_only: false,
+                via_token: true,
             })
         );
         let publish = auth.publish_token(&caller, &run, Duration::from_secs(60));
@@ -391,10 +398,17 @@ mod tests {
                 key: Some("ci".into()),
                 only_run: Some(run.clone()),
                 publish_only: true,
+                via_token: true,
             })
         );
         let key_token = auth.token(&caller, &Scope::Key, Duration::from_secs(60));
-        assert_eq!(auth.check_token(&key_token), Ok(Caller::with_key("ci")));
+        assert_eq!(
+            auth.check_token(&key_token),
+            Ok(Caller {
+                via_token: true,
+                ..Caller::with_key("ci")
+            })
+        );
 
         let (payload, mac) = token.split_once('.').unwrap_or_default();
         let forged_payload = URL_SAFE_NO_PAD.encode("t|ops||9999999999");

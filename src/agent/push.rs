@@ -198,6 +198,15 @@ impl Inbox {
         })
     }
 
+    /// The run ended before the driver logged all that was accepted (a
+    /// cancel won the race): the run holds `logged` published events, and
+    /// nothing more can come.
+    pub fn settle(&self, logged: u64) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.published = state.published.min(logged);
+        state.ended = true;
+    }
+
     /// Events published so far.
     pub fn offset(&self) -> u64 {
         self.0

@@ -208,13 +208,15 @@ pub fn check_scope(caller: &Caller, run: Option<&RunId>) -> Result<(), ApiError>
 /// Whether `caller` may publish to push run `run`: a key, a session, or
 /// that run's publish token; an access token made for reading may not.
 pub fn check_publish_scope(caller: &Caller, run: &RunId) -> Result<(), ApiError> {
+    if !caller.via_token {
+        return Ok(());
+    }
     match &caller.only_run {
-        None => Ok(()),
         Some(allowed) if caller.publish_only && allowed == run => Ok(()),
         Some(_) if caller.publish_only => Err(ApiError::Unauthorized(format!(
             "the publish token is for another run, not {run}"
         ))),
-        Some(_) => Err(ApiError::Unauthorized(
+        _ => Err(ApiError::Unauthorized(
             "an access token is for reading: publish with the run's publish_url token or a key"
                 .into(),
         )),

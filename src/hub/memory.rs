@@ -670,11 +670,27 @@ impl HubBackend for MemoryHub {
                 }
             }
             match accepted {
-                Ok(accepted) => Ok(Published {
-                    appended: accepted.appended,
-                    offset: accepted.offset,
-                    status: run.log.status(),
-                }),
+                Ok(accepted) => {
+                    let (len, ended) = run.log.position();
+                    if ended && len as u64 <= accepted.offset {
+                        // A cancel or a timeout ended the run before the
+                        // driver logged all of these: they are not in it.
+                        // The end is not the producer's (its own would come
+                        // after them), so the run holds all but two entries
+                        // as published events: not `run`, not that end.
+                        let logged = (len as u64).saturating_sub(2);
+                        inbox.settle(logged);
+                        return Err(HubError::Finished {
+                            status: run.log.status(),
+                            offset: logged,
+                        });
+                    }
+                    Ok(Published {
+                        appended: accepted.appended,
+                        offset: accepted.offset,
+                        status: run.log.status(),
+                    })
+                }
                 Err(Refused::OffsetMismatch { given, offset }) => {
                     Err(HubError::OffsetMismatch { given, offset })
                 }

@@ -333,6 +333,28 @@ async fn only_the_runs_key_or_its_publish_token_may_publish() {
         401
     );
     assert_eq!(post(events_url.clone(), None, token("x")).await, 401);
+    // A reading token for all of the key's runs cannot publish either.
+    let minted: Value = app
+        .client
+        .post(app.url("/api/tokens"))
+        .bearer_auth("alice-key")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let read_token = minted["token"].as_str().expect("a token").to_owned();
+    assert_eq!(
+        post(
+            format!("{path}?access_token={read_token}"),
+            None,
+            token("x")
+        )
+        .await,
+        401
+    );
     // The publish token publishes, and does nothing else.
     assert_eq!(post(publish_url.clone(), None, token("a")).await, 200);
     assert_eq!(post(path.clone(), Some("alice-key"), token("b")).await, 200);

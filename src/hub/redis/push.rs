@@ -39,20 +39,27 @@ const ATTEMPTS: usize = 100;
 /// `published`, `tokens`, `first_ms`, `last_ms`, the end's status,
 /// `finished` and `usage` (empty unless the frames end the run), the
 /// first frame's seq, the stream's bound (`MAXLEN ~`, as for every run),
-/// then the frames.
+/// the retention and the gone id's lifetime in seconds, the owner, the run
+/// id, then the frames. KEYS also has the gone id's key and the `pushing`
+/// set. An end expires the run with it, in the same step, so that no
+/// failure after it can leave a finished run's keys forever.
 const APPEND: &str = r"
 local status = redis.call('HGET', KEYS[1], 'status')
 local published = redis.call('HGET', KEYS[1], 'published') or '0'
 if status ~= 'running' then return {'finished', status or '', published} end
 if published ~= ARGV[1] then return {'moved', published} end
 local seq = tonumber(ARGV[9])
-for i = 11, #ARGV do
+for i = 15, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], seq .. '-0', 'f', ARGV[i])
   seq = seq + 1
 end
 redis.call('HSET', KEYS[1], 'published', ARGV[2], 'tokens', ARGV[3], 'first_ms', ARGV[4], 'last_ms', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[6], 'finished', ARGV[7], 'usage', ARGV[8])
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
+  redis.call('EXPIRE', KEYS[2], ARGV[11])
+  redis.call('SET', KEYS[3], ARGV[13], 'EX', ARGV[12])
+  redis.call('SREM', KEYS[4], ARGV[14])
 end
 return {'ok', ARGV[2]}
 ";
@@ -158,7 +165,7 @@ impl Inner {
             }
             match self.append(&stored, &producer, &recorder, &entries).await? {
                 Appended::Ok => {
-                    let status = self.finish(&stored, &entries).await;
+                    let status = self.finish(&stored, &entries);
                     return Ok(Published {
                         appended: entries.len() as u64,
                         offset: offset + entries.len() as u64,
@@ -191,7 +198,7 @@ impl Inner {
             let mut recorder = producer.recorder(&stored.meta);
             let entries = vec![end(&mut recorder)];
             match self.append(&stored, &producer, &recorder, &entries).await? {
-                Appended::Ok => return Ok(self.finish(&stored, &entries).await),
+                Appended::Ok => return Ok(self.finish(&stored, &entries)),
                 Appended::Moved => continue,
                 Appended::Finished { status, .. } => return Ok(status),
             }
@@ -221,9 +228,11 @@ impl Inner {
         let mut script = redis::cmd("EVAL");
         script
             .arg(APPEND)
-            .arg(2)
+            .arg(4)
             .arg(run_key(id))
             .arg(events_key(id))
+            .arg(super::gone_key(id))
+            .arg(PUSHING)
             .arg(producer.published)
             .arg(producer.published + entries.len() as u64)
             .arg(recorder.tokens())
@@ -237,7 +246,11 @@ impl Inner {
             .arg(end.map_or_else(String::new, |_| crate::hub::rfc3339(SystemTime::now())))
             .arg(end.map_or_else(String::new, |e| e.usage.to_string()))
             .arg(producer.published + 2)
-            .arg(super::MAX_EVENTS);
+            .arg(super::MAX_EVENTS)
+            .arg(self.retention.as_secs().max(1))
+            .arg(self.retention.as_secs() + super::GONE_SECS)
+            .arg(&stored.owner)
+            .arg(id.as_str());
         for entry in entries {
             script.arg(entry.frame.as_ref());
         }
@@ -259,24 +272,12 @@ impl Inner {
         })
     }
 
-    /// After an append: when it ended the run, the rest of the end's
-    /// bookkeeping (expiry, gone id, metrics). The run's status.
-    async fn finish(&self, stored: &Stored, entries: &[Entry]) -> RunStatus {
+    /// After an append: when it ended the run (the script has expired it
+    /// already), the metrics. The run's status.
+    fn finish(&self, stored: &Stored, entries: &[Entry]) -> RunStatus {
         let Some(end) = entries.last().and_then(|e| e.end.clone()) else {
             return RunStatus::Running;
         };
-        let id = &stored.meta.id;
-        let mut commands = self.end_commands(
-            id,
-            end.status,
-            SystemTime::now(),
-            end.usage.to_string(),
-            stored.owner.clone(),
-        );
-        commands.push(redis::Cmd::srem(PUSHING, id.as_str()));
-        if let Err(e) = self.submit(commands).await {
-            tracing::warn!(run_id = %id, error = %e, "a push run's end was logged, its expiry not");
-        }
         self.metrics
             .run_finished(&stored.meta.agent, end.status, end.ttft, end.duration);
         end.status
@@ -314,17 +315,26 @@ impl Inner {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
             let idle = Duration::from_millis(producer.idle_ms);
-            if stored.meta.cancel_on_disconnect && self.unwatched_for(&id, unwatched).await? {
-                self.end_push(&stored, Recorder::cancelled).await?;
-            } else if now.saturating_sub(producer.last_ms) >= producer.idle_ms {
-                self.end_push(&stored, |recorder| recorder.record(timed_out(idle)))
-                    .await?;
-            } else if let Some(limit) = self
-                .max_run
-                .filter(|limit| now.saturating_sub(created) >= limit.as_millis() as u64)
-            {
-                self.end_push(&stored, |recorder| recorder.timed_out(limit))
-                    .await?;
+            // One run's trouble must not keep the others from their end.
+            let ended =
+                if stored.meta.cancel_on_disconnect && self.unwatched_for(&id, unwatched).await? {
+                    Some(self.end_push(&stored, Recorder::cancelled).await)
+                } else if now.saturating_sub(producer.last_ms) >= producer.idle_ms {
+                    let end = self.end_push(&stored, |recorder| recorder.record(timed_out(idle)));
+                    Some(end.await)
+                } else if let Some(limit) = self
+                    .max_run
+                    .filter(|limit| now.saturating_sub(created) >= limit.as_millis() as u64)
+                {
+                    Some(
+                        self.end_push(&stored, |recorder| recorder.timed_out(limit))
+                            .await,
+                    )
+                } else {
+                    None
+                };
+            if let Some(Err(e)) = ended {
+                tracing::warn!(run_id = %id, error = %e, "could not end an idle push run");
             }
         }
         unwatched.retain(|id, _| ids.iter().any(|i| i == id.as_str()));
