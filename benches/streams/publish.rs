@@ -122,6 +122,26 @@ async fn probe(server_addr: std::net::SocketAddr, id: String, base: Instant) -> 
     latencies
 }
 
+/// `subscribers` readers of run `id`, each expecting `lines` events.
+fn subscribe(
+    server: &Server,
+    id: &str,
+    subscribers: usize,
+    lines: usize,
+) -> Vec<tokio::task::JoinHandle<super::Seen>> {
+    (0..subscribers)
+        .map(|_| {
+            tokio::spawn(read_stream(
+                server.addr,
+                format!("/api/runs/{id}/events"),
+                None,
+                lines,
+                SLACK,
+            ))
+        })
+        .collect()
+}
+
 /// `baseline` with its clock and CPU figures taken again now (its memory
 /// figure stays: from before the subscribers connected).
 fn restart(baseline: Baseline) -> Baseline {
@@ -142,17 +162,7 @@ pub async fn scenarios(start: impl Fn() -> Server, subscribers: usize, quick: bo
         let lines = if quick { 10_000 } else { 100_000 };
         let id = create_push(&server).await;
         let baseline = Baseline::take(&server);
-        let tasks: Vec<_> = (0..subscribers)
-            .map(|_| {
-                tokio::spawn(read_stream(
-                    server.addr,
-                    format!("/api/runs/{id}/events"),
-                    None,
-                    lines,
-                    SLACK,
-                ))
-            })
-            .collect();
+        let tasks = subscribe(&server, &id, subscribers, lines);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_open = kib(&baseline.pids, "VmRSS:");
         // Time and CPU from the first line on, not from the connections.
@@ -178,17 +188,7 @@ pub async fn scenarios(start: impl Fn() -> Server, subscribers: usize, quick: bo
         let id = create_push(&server).await;
         let baseline = Baseline::take(&server);
         let base = Instant::now();
-        let tasks: Vec<_> = (0..subscribers)
-            .map(|_| {
-                tokio::spawn(read_stream(
-                    server.addr,
-                    format!("/api/runs/{id}/events"),
-                    None,
-                    lines,
-                    SLACK,
-                ))
-            })
-            .collect();
+        let tasks = subscribe(&server, &id, subscribers, lines);
         let probe = tokio::spawn(probe(server.addr, id.clone(), base));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_open = kib(&baseline.pids, "VmRSS:");

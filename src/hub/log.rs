@@ -20,8 +20,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::record::Entry;
+use super::RunMeta;
 use super::RunStatus;
-use crate::wire::{Event, Format, Render, RunHead};
+use crate::wire::{Event, Format, Render};
 
 /// At most this many bytes go into one coalesced chunk, so a subscriber far
 /// behind (a resume of a long run) is served in pieces of bounded size.
@@ -145,13 +146,14 @@ impl RunLog {
 
     /// Like [`RunLog::read`], in `format`: events not yet rendered in it are
     /// rendered now, once for every subscriber of the format. A chunk's
-    /// bytes are empty when the format has nothing for its events.
-    pub fn read_as(&self, cursor: usize, format: Format, head: &RunHead) -> Read {
+    /// bytes are empty when the format has nothing for its events. `meta`
+    /// is read only when the format's first subscriber arrives.
+    pub fn read_as(&self, cursor: usize, format: Format, meta: &RunMeta) -> Read {
         let mut state = self.lock();
         let state = &mut *state;
         let index = match state.views.iter().position(|v| v.format == format) {
             Some(index) => index,
-            None => match format.renderer(head) {
+            None => match format.renderer(&meta.head()) {
                 Some(render) => {
                     state.views.push(View {
                         format,
@@ -434,14 +436,13 @@ mod tests {
             cancel_on_disconnect: false,
             owner: None,
         };
-        let head = meta.head();
         let log = RunLog::new();
         let (mut recorder, first) = Recorder::start(&meta);
         log.append(first);
         for text in ["a", "b", "c"] {
             log.append(recorder.record(AgentEvent::Token(text.into())));
         }
-        let last = |log: &RunLog| match log.read_as(3, Format::OpenAi, &head) {
+        let last = |log: &RunLog| match log.read_as(3, Format::OpenAi, &meta) {
             Read::Chunk {
                 bytes, events: 1, ..
             } => bytes,
@@ -449,7 +450,7 @@ mod tests {
         };
         let (one, two) = (last(&log), last(&log));
         assert_eq!(one.as_ptr(), two.as_ptr(), "the same bytes, not a copy");
-        let whole = |log: &RunLog| match log.read_as(0, Format::OpenAi, &head) {
+        let whole = |log: &RunLog| match log.read_as(0, Format::OpenAi, &meta) {
             Read::Chunk {
                 bytes, events: 4, ..
             } => bytes,
@@ -462,7 +463,7 @@ mod tests {
         assert!(String::from_utf8_lossy(&one).contains(r#""delta":{"content":"c"}"#));
         // Sluice's own format is the log itself: no view.
         assert!(matches!(
-            log.read_as(0, Format::Sluice, &head),
+            log.read_as(0, Format::Sluice, &meta),
             Read::Chunk { events: 4, .. }
         ));
         assert_eq!(log.view_bytes(), rendered);

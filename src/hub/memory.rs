@@ -26,7 +26,7 @@ use crate::agent::push::{self, Inbox, Refused};
 use crate::agent::{AgentEvent, AgentStream};
 use crate::config::RunsConfig;
 use crate::metrics::Metrics;
-use crate::wire::{Format, RunHead};
+use crate::wire::Format;
 
 /// How long an evicted run's id is remembered, to answer `410` rather than `404`.
 const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
@@ -419,7 +419,6 @@ struct Subscriber {
     grace: Duration,
     cursor: usize,
     format: Format,
-    head: RunHead,
     changed: watch::Receiver<()>,
 }
 
@@ -428,7 +427,7 @@ impl Subscriber {
         loop {
             let read = match self.format {
                 Format::Sluice => self.run.log.read(self.cursor),
-                format => self.run.log.read_as(self.cursor, format, &self.head),
+                format => self.run.log.read_as(self.cursor, format, &self.run.meta),
             };
             match read {
                 // Events the format has nothing for: on to the next.
@@ -527,7 +526,6 @@ impl MemoryHub {
         run.subscribers.fetch_add(1, Ordering::SeqCst);
         run.epoch.fetch_add(1, Ordering::SeqCst);
         let subscriber = Subscriber {
-            head: run.meta.head(),
             run,
             grace: self.shared.disconnect_grace,
             cursor: after as usize,

@@ -364,3 +364,24 @@ async fn format_is_no_agent_parameter_on_the_one_shot_route() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "invalid_param");
 }
+
+#[tokio::test]
+async fn openai_keep_alives_are_one_comment_line_with_no_blank_line_after_it() {
+    let app = spawn_with("[server]\nkeep_alive_secs = 1\n").await;
+    for (format, blank_line_after) in [("openai", false), ("ai-sdk", true), ("sluice", true)] {
+        let body = app
+            .get(&format!(
+                "/api/agent/stream?prompt=k&tokens=2&interval_ms=1600&format={format}"
+            ))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains(": keep-alive\n"), "{format}: {body}");
+        assert_eq!(
+            body.contains(": keep-alive\n\n"),
+            blank_line_after,
+            "{format}: {body}"
+        );
+    }
+}
