@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub hub: HubConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[server]`: the listener and the limits on what it serves.
@@ -182,12 +183,47 @@ impl Default for HubConfig {
     }
 }
 
+/// `[webhooks]`: a signed `run.finished` POST when a run made with a
+/// `webhook_url` ends (SPEC 13). Off until `secret` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// The Standard Webhooks secret, `whsec_` and base64.
+    pub secret: Option<String>,
+    /// A run's `webhook_url` must lie under one of these (same scheme, host
+    /// and port; path under the prefix's path).
+    pub allowed_urls: Vec<String>,
+    /// How long one attempt waits for an answer.
+    pub timeout_secs: u64,
+    /// The waits between attempts; after the last one the delivery fails.
+    pub retry_secs: Vec<u64>,
+    /// Attempts in flight at once on this node, at most.
+    pub max_concurrent: usize,
+    /// How long finished deliveries stay listed.
+    pub keep_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            allowed_urls: Vec::new(),
+            timeout_secs: 10,
+            retry_secs: vec![5, 30, 120, 600, 1800, 3600],
+            max_concurrent: 64,
+            keep_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
 /// The agent kinds a config may name.
 const KNOWN_KINDS: &[&str] = &["sim", "openai", "command", "http", "push"];
 /// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
-const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub"];
+const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub", "webhooks"];
 /// Keys whose values stay strings even when they look like numbers.
-const STRING_KEYS: &[&str] = &["bind", "backend", "url", "token_secret"];
+const STRING_KEYS: &[&str] = &["bind", "backend", "url", "token_secret", "secret"];
+/// Keys whose environment values are comma-separated lists.
+const LIST_KEYS: &[&str] = &["allowed_urls", "retry_secs", "cors_origins"];
 
 impl Config {
     /// Read `path` (if any), apply the `SLUICE_*` variables of `env`, check.
@@ -274,6 +310,7 @@ impl Config {
         if self.hub.lease_secs == 0 {
             return invalid("hub.lease_secs must be at least 1".into());
         }
+        crate::webhooks::Settings::from_config(&self.webhooks)?;
         Ok(())
     }
 
@@ -351,6 +388,15 @@ fn apply_env(
 }
 
 fn env_value(key: &str, value: String) -> toml::Value {
+    if LIST_KEYS.contains(&key) {
+        let items = value
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| env_value("", item.to_owned()))
+            .collect();
+        return toml::Value::Array(items);
+    }
     if STRING_KEYS.contains(&key) {
         return toml::Value::String(value);
     }

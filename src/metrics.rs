@@ -31,6 +31,7 @@ pub struct Metrics {
     ttft: Histogram,
     run_duration: Histogram,
     subscriber_lag: Histogram,
+    webhook_deliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,6 +62,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new(
+                "sluice_webhook_deliveries_total",
+                "Webhook attempts by outcome: delivered, retried (another attempt follows), failed",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["delivered", "retried", "failed"] {
+            webhook_deliveries.with_label_values(&[outcome]);
+        }
         let ttft = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_ttft_seconds",
@@ -90,6 +101,7 @@ impl Metrics {
         registry.register(Box::new(bytes_sent.clone()))?;
         registry.register(Box::new(resumes.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
         registry.register(Box::new(run_duration.clone()))?;
         Ok(Arc::new(Self {
@@ -104,6 +116,7 @@ impl Metrics {
             ttft,
             run_duration,
             subscriber_lag,
+            webhook_deliveries,
         }))
     }
 
@@ -123,6 +136,11 @@ impl Metrics {
     /// A request was refused; `reason` is the error code.
     pub fn rejected(&self, reason: &str) {
         self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// A webhook attempt ended: `delivered`, `retried` or `failed`.
+    pub fn webhook(&self, outcome: &str) {
+        self.webhook_deliveries.with_label_values(&[outcome]).inc();
     }
 
     /// A run ended.

@@ -80,6 +80,7 @@ pub async fn send(
             request: Some(request),
             chat: Some(chat),
             push: false,
+            webhook: None,
         },
     )
     .await?;

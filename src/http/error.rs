@@ -35,6 +35,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("unknown run")]
     RunNotFound,
+    /// A webhook delivery that does not exist or belongs to another key.
+    #[error("unknown webhook delivery")]
+    DeliveryNotFound,
     /// `/v1/chat/completions` named a model that is no agent.
     #[error("{0}")]
     ModelNotFound(String),
@@ -83,9 +86,10 @@ impl ApiError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            Self::RunNotFound | Self::RouteNotFound(_) | Self::ModelNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::RunNotFound
+            | Self::DeliveryNotFound
+            | Self::RouteNotFound(_)
+            | Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::RunGone => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +112,7 @@ impl ApiError {
             | Self::TooMany { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::UriTooLong(_) => "uri_too_long",
+            Self::DeliveryNotFound => "delivery_not_found",
             Self::RunNotFound => "run_not_found",
             Self::ModelNotFound(_) => "model_not_found",
             Self::RunGone => "run_evicted",

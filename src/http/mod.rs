@@ -11,6 +11,7 @@ pub mod query;
 pub mod runs;
 pub mod start;
 pub mod stream;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub struct Gateway {
     pub tls: bool,
     /// `auth.runs_per_minute`, per key.
     pub run_rate: Arc<limits::RunRate>,
+    /// Run webhooks (SPEC 13); off without `webhooks.secret`.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl AppState {
@@ -106,7 +109,12 @@ impl AppState {
         let hub = crate::hub::redis::RedisHub::connect(&config, metrics.clone())
             .await
             .map_err(|e| ConfigError::Invalid(format!("hub.url `{}`: {e}", config.hub.url)))?;
-        Self::with_hub(config, Hub::new(hub), metrics)
+        let hub = Hub::new(hub);
+        let webhooks =
+            crate::webhooks::Webhooks::start(&config, hub.clone(), metrics.clone()).await?;
+        let mut state = Self::with_hub(config, hub, metrics)?;
+        Arc::make_mut(&mut state.0).webhooks = webhooks;
+        Ok(state)
     }
 
     /// Serve the dashboard from `web` instead of the embedded copies.
@@ -120,7 +128,9 @@ impl AppState {
         let agents = Agents::from_config(&config.agents)?;
         let auth = Auth::from_config(&config.auth, config.auth.env_keys.as_deref())?;
         let run_rate = Arc::new(limits::RunRate::new(config.auth.runs_per_minute));
+        let webhooks = crate::webhooks::Webhooks::in_memory(&config, hub.clone(), metrics.clone())?;
         Ok(Self(Arc::new(Gateway {
+            webhooks,
             hub,
             agents: Arc::new(agents),
             streams: StreamSlots::new(config.server.max_streams),
@@ -178,6 +188,8 @@ pub fn router(state: AppState) -> Router {
             post(auth::create_session).delete(auth::delete_session),
         )
         .route("/api/tokens", post(auth::create_token))
+        .route("/api/webhooks/deliveries", get(webhooks::list))
+        .route("/api/webhooks/deliveries/{id}/retry", post(webhooks::retry))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -87,6 +87,7 @@ pub async fn chat_completions(
             request: Some(request),
             chat: None,
             push: false,
+            webhook: None,
         },
     )
     .await?;

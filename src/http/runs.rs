@@ -32,6 +32,9 @@ struct CreateRun {
     params: Params,
     #[serde(default)]
     cancel_on_disconnect: bool,
+    /// Where to POST the signed `run.finished` webhook (SPEC 13).
+    #[serde(default)]
+    webhook_url: Option<String>,
 }
 
 fn default_agent() -> String {
@@ -48,6 +51,15 @@ pub async fn create(
     let request: CreateRun = serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidJson(format!("the body is not a valid run request: {e}")))?;
     let agent = request.agent.clone();
+    let webhook = match &request.webhook_url {
+        Some(url) => Some(
+            state
+                .webhooks
+                .check(url)
+                .map_err(|e| ApiError::InvalidParam(e.to_string()))?,
+        ),
+        None => None,
+    };
     let id = start_run(
         &state,
         StartRun {
@@ -60,6 +72,7 @@ pub async fn create(
             request: None,
             chat: None,
             push: true,
+            webhook,
         },
     )
     .await?;

@@ -25,6 +25,9 @@ pub struct StartRun {
     pub chat: Option<String>,
     /// Whether this route may create a push run (only `POST /api/runs`).
     pub push: bool,
+    /// Where the run's webhook goes when it ends, checked against
+    /// `webhooks.allowed_urls` (only `POST /api/runs` takes one).
+    pub webhook: Option<String>,
 }
 
 /// Checks the request and starts the run: the number of messages, agent,
@@ -97,12 +100,29 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         owner: start.owner,
     };
     let agent = meta.agent.clone();
+    let owner = meta.owner.clone();
+    // Recorded before the run exists, so that a node that dies at any
+    // point afterwards still leaves the webhook to the others.
+    if let Some(url) = &start.webhook {
+        state
+            .webhooks
+            .expect(&id, &owner, url)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                code: "hub_unavailable",
+                message: e.to_string(),
+                retry_after_secs: 5,
+            })?;
+    }
     match events {
         Some(events) => state.hub.start(meta, events).await?,
         None => {
             let idle_timeout = push.unwrap_or(crate::agent::push::DEFAULT_IDLE_TIMEOUT);
             state.hub.start_push(meta, idle_timeout).await?;
         }
+    }
+    if let Some(url) = start.webhook {
+        state.webhooks.watch(id.clone(), owner, url);
     }
     tracing::Span::current().record("run_id", id.as_str());
     tracing::info!(run_id = id.as_str(), agent, "run started");

@@ -71,6 +71,7 @@ pub async fn one_shot(
             request: None,
             chat: None,
             push: false,
+            webhook: None,
         },
     )
     .await?;

@@ -83,7 +83,7 @@ impl Backoff {
     }
 }
 
-fn run_key(id: &RunId) -> String {
+pub(crate) fn run_key(id: &RunId) -> String {
     format!("sluice:run:{id}")
 }
 

@@ -1,0 +1,481 @@
+//! Where deliveries are kept: what a delivery is, the schedule that moves
+//! it on after each attempt, the [`Store`] every backend offers, and the
+//! in-process one. The Redis one is in `redis.rs`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::Serialize;
+
+use crate::hub::{RunId, Viewer};
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Attempts are still to come.
+    Pending,
+    /// A receiver answered 2xx.
+    Delivered,
+    /// The receiver answered 410, or the last attempt failed.
+    Failed,
+}
+
+impl Status {
+    /// The status as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The status named `text`, as the API and Redis write it.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One delivery as `GET /api/webhooks/deliveries` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    /// The `webhook-id` of every attempt.
+    pub id: String,
+    pub run_id: String,
+    pub url: String,
+    pub status: Status,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The HTTP status of the last answer, if one came.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// When the next attempt is due, while pending.
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+}
+
+/// A delivery to make: the run has ended and this is what to send.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub run_id: RunId,
+    pub owner: Viewer,
+    pub url: String,
+    pub body: Bytes,
+    pub now_ms: u64,
+}
+
+/// A delivery this node holds for one attempt, until it reports.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub url: String,
+    pub body: Bytes,
+    /// Attempts in the current round of the schedule (a manual retry
+    /// starts a new round).
+    pub tries: u32,
+    /// Attempts so far, all rounds.
+    pub attempts: u32,
+    /// Proves the claim is still this node's when it reports.
+    pub token: String,
+}
+
+/// How an attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx answer.
+    Delivered { status: u16 },
+    /// Another answer, or none: retried unless `stop` (a 410) or the
+    /// schedule is over.
+    Failed {
+        status: Option<u16>,
+        error: String,
+        stop: bool,
+    },
+}
+
+/// What a report changed the delivery to: the new status and, while
+/// pending, when the next attempt is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub status: Status,
+    pub due_ms: Option<u64>,
+}
+
+/// Where a delivery goes after an attempt: `retry_secs[tries]` is the wait
+/// before the next attempt; there is none after the last wait.
+pub fn next_after(claimed: &Claimed, outcome: &Outcome, retry_secs: &[u64], now_ms: u64) -> Next {
+    match outcome {
+        Outcome::Delivered { .. } => Next {
+            status: Status::Delivered,
+            due_ms: None,
+        },
+        Outcome::Failed { stop: true, .. } => Next {
+            status: Status::Failed,
+            due_ms: None,
+        },
+        Outcome::Failed { .. } => match retry_secs.get(claimed.tries as usize) {
+            Some(wait) => Next {
+                status: Status::Pending,
+                due_ms: Some(now_ms.saturating_add(wait.saturating_mul(1000))),
+            },
+            None => Next {
+                status: Status::Failed,
+                due_ms: None,
+            },
+        },
+    }
+}
+
+/// Why a manual retry was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// No such delivery for this key.
+    NotFound,
+    /// Only a failed delivery is sent again; this one is not.
+    NotFailed(Status),
+}
+
+/// A trouble with the store itself (Redis unreachable).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("webhook deliveries unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// A run with a webhook whose end the store is waiting for (the shared
+/// store keeps these, so that a run whose node died still gets its webhook).
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub run_id: RunId,
+    pub owner: Viewer,
+    pub url: String,
+}
+
+/// Where deliveries live. Each method is one step of a delivery's life;
+/// the shared store makes each step atomic across nodes.
+pub trait Store: Send + Sync + 'static {
+    /// Remembers that run `expected` will need a delivery when it ends.
+    fn expect(&self, expected: Expected, now_ms: u64) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Runs expected for a while whose deliveries have not been made: their
+    /// ends may have been missed (the shared store's, after a node died).
+    fn overdue(&self, now_ms: u64) -> BoxFuture<'_, Result<Vec<Expected>, StoreError>>;
+    /// Stops expecting `run` (it ended without a delivery being possible).
+    fn forget(&self, run: RunId) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Records a pending delivery, due now; only the first one per run:
+    /// `false` when the run has one already.
+    fn enqueue(&self, new: NewDelivery) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Takes up to `max` due deliveries for one attempt each, holding each
+    /// for `hold_ms` (after which another node may take it).
+    fn claim(
+        &self,
+        now_ms: u64,
+        max: usize,
+        hold_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>>;
+    /// Records an attempt; ignored when the claim is no longer held.
+    fn report(
+        &self,
+        claimed: Claimed,
+        outcome: Outcome,
+        next: Next,
+        keep_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Up to `limit` of `owner`'s deliveries, newest first, of `status` if given.
+    fn list(
+        &self,
+        owner: Viewer,
+        status: Option<Status>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>>;
+    /// Makes a failed delivery pending again, due now, with a new round of
+    /// the schedule.
+    fn retry(
+        &self,
+        owner: Viewer,
+        id: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Result<Delivery, RetryRefused>, StoreError>>;
+    /// When the earliest pending delivery is due, if the store knows
+    /// (the shared one is polled instead).
+    fn next_due(&self) -> Option<u64>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A time in ms since the epoch as the API shows times.
+pub fn rfc3339_ms(ms: u64) -> String {
+    crate::hub::rfc3339(UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Finished deliveries one key keeps at most in memory, however young.
+const MAX_PER_OWNER: usize = 10_000;
+
+/// The in-process store: deliveries live as long as the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    deliveries: HashMap<String, Record>,
+    /// Pending deliveries by due time.
+    due: BTreeSet<(u64, String)>,
+    /// Each owner's deliveries, oldest first.
+    by_owner: HashMap<Viewer, VecDeque<String>>,
+    /// Runs that have a delivery, by run id.
+    runs: HashMap<String, String>,
+    next_claim: u64,
+}
+
+struct Record {
+    delivery: Delivery,
+    owner: Viewer,
+    body: Bytes,
+    tries: u32,
+    due_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    claim: Option<String>,
+}
+
+impl MemoryStore {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn set_due(&mut self, id: &str, due_ms: Option<u64>) {
+        let Some(record) = self.deliveries.get_mut(id) else {
+            return;
+        };
+        if let Some(old) = record.due_ms.take() {
+            self.due.remove(&(old, id.to_owned()));
+        }
+        if let Some(due) = due_ms {
+            self.due.insert((due, id.to_owned()));
+        }
+        record.due_ms = due_ms;
+    }
+
+    /// Drops `owner`'s finished deliveries past `keep_ms` or beyond the
+    /// per-owner bound, oldest first.
+    fn prune(&mut self, owner: &Viewer, now_ms: u64, keep_ms: u64) {
+        let Some(ids) = self.by_owner.get_mut(owner) else {
+            return;
+        };
+        let mut kept = VecDeque::with_capacity(ids.len());
+        let excess = ids.len().saturating_sub(MAX_PER_OWNER);
+        let mut dropped = 0;
+        for id in ids.drain(..) {
+            let old = self.deliveries.get(&id).is_none_or(|record| {
+                record.finished_ms.is_some_and(|finished| {
+                    dropped < excess || now_ms.saturating_sub(finished) > keep_ms
+                })
+            });
+            if old {
+                dropped += 1;
+                if let Some(record) = self.deliveries.remove(&id) {
+                    self.runs.remove(&record.delivery.run_id);
+                }
+            } else {
+                kept.push_back(id);
+            }
+        }
+        *ids = kept;
+    }
+}
+
+impl Store for MemoryStore {
+    fn expect(&self, _: Expected, _: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn overdue(&self, _: u64) -> BoxFuture<'_, Result<Vec<Expected>, StoreError>> {
+        async { Ok(Vec::new()) }.boxed()
+    }
+
+    fn forget(&self, _: RunId) -> BoxFuture<'_, Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn enqueue(&self, new: NewDelivery) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let mut state = self.state();
+        let created = if state.runs.contains_key(new.run_id.as_str()) {
+            false
+        } else {
+            state.runs.insert(new.run_id.to_string(), new.id.clone());
+            state
+                .by_owner
+                .entry(new.owner.clone())
+                .or_default()
+                .push_back(new.id.clone());
+            state.deliveries.insert(
+                new.id.clone(),
+                Record {
+                    delivery: Delivery {
+                        id: new.id.clone(),
+                        run_id: new.run_id.to_string(),
+                        url: new.url,
+                        status: Status::Pending,
+                        attempts: 0,
+                        last_status: None,
+                        last_error: None,
+                        next_attempt_at: Some(rfc3339_ms(new.now_ms)),
+                        created_at: rfc3339_ms(new.now_ms),
+                    },
+                    owner: new.owner,
+                    body: new.body,
+                    tries: 0,
+                    due_ms: None,
+                    finished_ms: None,
+                    claim: None,
+                },
+            );
+            state.set_due(&new.id, Some(new.now_ms));
+            true
+        };
+        async move { Ok(created) }.boxed()
+    }
+
+    fn claim(
+        &self,
+        now_ms: u64,
+        max: usize,
+        hold_ms: u64,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        let mut state = self.state();
+        let due: Vec<String> = state
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            state.next_claim += 1;
+            let token = state.next_claim.to_string();
+            state.set_due(&id, Some(now_ms.saturating_add(hold_ms)));
+            if let Some(record) = state.deliveries.get_mut(&id) {
+                record.claim = Some(token.clone());
+                claimed.push(Claimed {
+                    id,
+                    url: record.delivery.url.clone(),
+                    body: record.body.clone(),
+                    tries: record.tries,
+                    attempts: record.delivery.attempts,
+                    token,
+                });
+            }
+        }
+        async move { Ok(claimed) }.boxed()
+    }
+
+    fn report(
+        &self,
+        claimed: Claimed,
+        outcome: Outcome,
+        next: Next,
+        keep_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let mut state = self.state();
+        let now = now_ms();
+        let owner = match state.deliveries.get_mut(&claimed.id) {
+            Some(record) if record.claim.as_deref() == Some(claimed.token.as_str()) => {
+                record.claim = None;
+                record.tries = claimed.tries + 1;
+                let delivery = &mut record.delivery;
+                delivery.attempts = claimed.attempts + 1;
+                delivery.status = next.status;
+                delivery.next_attempt_at = next.due_ms.map(rfc3339_ms);
+                match &outcome {
+                    Outcome::Delivered { status } => {
+                        delivery.last_status = Some(*status);
+                        delivery.last_error = None;
+                    }
+                    Outcome::Failed { status, error, .. } => {
+                        delivery.last_status = *status;
+                        delivery.last_error = Some(error.clone());
+                    }
+                }
+                if next.status != Status::Pending {
+                    record.finished_ms = Some(now);
+                }
+                Some(record.owner.clone())
+            }
+            _ => None,
+        };
+        if let Some(owner) = owner {
+            state.set_due(&claimed.id, next.due_ms);
+            state.prune(&owner, now, keep_ms);
+        }
+        async { Ok(()) }.boxed()
+    }
+
+    fn list(
+        &self,
+        owner: Viewer,
+        status: Option<Status>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>> {
+        let state = self.state();
+        let listed: Vec<Delivery> = state
+            .by_owner
+            .get(&owner)
+            .into_iter()
+            .flat_map(|ids| ids.iter().rev())
+            .filter_map(|id| state.deliveries.get(id))
+            .map(|record| &record.delivery)
+            .filter(|delivery| status.is_none_or(|status| delivery.status == status))
+            .take(limit)
+            .cloned()
+            .collect();
+        async move { Ok(listed) }.boxed()
+    }
+
+    fn retry(
+        &self,
+        owner: Viewer,
+        id: String,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Result<Delivery, RetryRefused>, StoreError>> {
+        let mut state = self.state();
+        let answer = match state.deliveries.get_mut(&id) {
+            Some(record) if record.owner == owner => {
+                if record.delivery.status == Status::Failed {
+                    record.tries = 0;
+                    record.finished_ms = None;
+                    record.delivery.status = Status::Pending;
+                    record.delivery.next_attempt_at = Some(rfc3339_ms(now_ms));
+                    let delivery = record.delivery.clone();
+                    state.set_due(&id, Some(now_ms));
+                    Ok(delivery)
+                } else {
+                    Err(RetryRefused::NotFailed(record.delivery.status))
+                }
+            }
+            _ => Err(RetryRefused::NotFound),
+        };
+        async move { Ok(answer) }.boxed()
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.state().due.first().map(|(at, _)| *at)
+    }
+}
