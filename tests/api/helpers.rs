@@ -373,3 +373,151 @@ pub fn python_command(python: &str, script: &std::path::Path) -> tokio::process:
     }
     command
 }
+
+/// Counts a request out of a [`Receiver`] when dropped.
+struct InFlight(std::sync::Arc<ReceiverState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What a test webhook receiver answers to one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// This status at once.
+    Status(u16),
+    /// This status after holding the request this long.
+    After(Duration, u16),
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub path: String,
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: Value,
+    /// When it arrived, from the receiver's start.
+    pub at: Duration,
+    /// What it is answered (unless the sender gives up first).
+    pub answered: u16,
+}
+
+/// A webhook receiver on a free loopback port: answers each request with
+/// the next planned [`Answer`], then with `then`; records every request
+/// and how many it held at once at most.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<ReceiverState>,
+}
+
+struct ReceiverState {
+    started: Instant,
+    plan: std::sync::Mutex<(std::collections::VecDeque<Answer>, Answer)>,
+    hits: std::sync::Mutex<Vec<Hit>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Receiver {
+    pub async fn start(plan: Vec<Answer>, then: Answer) -> Self {
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(ReceiverState {
+            started: Instant::now(),
+            plan: std::sync::Mutex::new((plan.into(), then)),
+            hits: std::sync::Mutex::new(Vec::new()),
+            in_flight: 0.into(),
+            max_in_flight: 0.into(),
+        });
+        let app = axum::Router::new().fallback({
+            let state = state.clone();
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                    // Counted out however the request ends, even when the
+                    // sender gives up on it and the handler is dropped.
+                    let _leaving = InFlight(state.clone());
+                    let answer = {
+                        let mut plan = state.plan.lock().unwrap();
+                        let then = plan.1;
+                        plan.0.pop_front().unwrap_or(then)
+                    };
+                    let (hold, status) = match answer {
+                        Answer::Status(status) => (Duration::ZERO, status),
+                        Answer::After(hold, status) => (hold, status),
+                    };
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    // Recorded on arrival: a request held past the
+                    // sender's timeout still counts.
+                    state.hits.lock().unwrap().push(Hit {
+                        path: uri.path().to_owned(),
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        at: state.started.elapsed(),
+                        answered: status,
+                    });
+                    tokio::time::sleep(hold).await;
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state }
+    }
+
+    /// `http://{addr}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// From now on, answer `answer` once the plan is used up.
+    pub fn then(&self, answer: Answer) {
+        self.state.plan.lock().unwrap().1 = answer;
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    /// The most requests it held at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have arrived; panics after `within`.
+    pub async fn wait_hits(&self, n: usize, within: Duration) -> Vec<Hit> {
+        let deadline = Instant::now() + within;
+        loop {
+            let hits = self.hits();
+            if hits.len() >= n {
+                return hits;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver got {} requests, not {n}, within {within:?}: {hits:?}",
+                hits.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

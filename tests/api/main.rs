@@ -24,3 +24,4 @@ mod resume;
 mod runs;
 mod streaming;
 mod upstream;
+mod webhooks;
