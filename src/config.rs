@@ -500,6 +500,41 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_are_off_without_a_secret_and_checked_with_one() {
+        let off = Config::from_toml("", env(&[])).unwrap();
+        assert!(crate::webhooks::Settings::from_config(&off.webhooks)
+            .unwrap()
+            .is_none());
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let on = Config::from_toml(
+            "",
+            env(&[
+                ("SLUICE_WEBHOOKS_SECRET", secret),
+                (
+                    "SLUICE_WEBHOOKS_ALLOWED_URLS",
+                    "https://a.example/hooks/, http://127.0.0.1:9/x",
+                ),
+                ("SLUICE_WEBHOOKS_RETRY_SECS", "1,2,3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(on.webhooks.allowed_urls.len(), 2);
+        assert_eq!(on.webhooks.retry_secs, vec![1, 2, 3]);
+        let settings = crate::webhooks::Settings::from_config(&on.webhooks)
+            .unwrap()
+            .unwrap();
+        assert!(settings.allowed.check("https://a.example/hooks/1").is_ok());
+        for bad in [
+            format!("[webhooks]\nsecret = \"{secret}\""),
+            "[webhooks]\nsecret = \"whsec_short\"\nallowed_urls = [\"https://a/\"]".to_owned(),
+            format!("[webhooks]\nsecret = \"{secret}\"\nallowed_urls = [\"a.example\"]"),
+            format!("[webhooks]\nsecret = \"{secret}\"\nallowed_urls = [\"https://a/\"]\ntimeout_secs = 0"),
+        ] {
+            assert!(Config::from_toml(&bad, env(&[])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn sim_agent_section_is_accepted() {
         assert!(Config::from_toml("[agents.sim]\nkind = \"sim\"\n", env(&[])).is_ok());
     }

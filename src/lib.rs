@@ -23,7 +23,8 @@
 //! - [`auth`]: API keys, session cookies and signed access tokens.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`tls`]: HTTPS with HTTP/2.
-//! - [`webhooks`]: Standard Webhooks signatures on requests to the user's servers.
+//! - [`webhooks`]: run webhooks (SPEC 13): the allowed URLs, the deliveries in memory or Redis, the
+//!   sender; and the Standard Webhooks signatures of every request to the user's servers.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;

@@ -479,3 +479,147 @@ impl Store for MemoryStore {
         self.state().due.first().map(|(at, _)| *at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(run: &str, owner: Option<&str>, now_ms: u64) -> NewDelivery {
+        NewDelivery {
+            id: format!("msg_{run}"),
+            run_id: RunId::parse(run).unwrap(),
+            owner: owner.map(str::to_owned),
+            url: "http://127.0.0.1:9/hooks/".into(),
+            body: Bytes::from_static(b"{}"),
+            now_ms,
+        }
+    }
+
+    fn failed(stop: bool) -> Outcome {
+        Outcome::Failed {
+            status: Some(500),
+            error: "the receiver answered 500".into(),
+            stop,
+        }
+    }
+
+    #[test]
+    fn the_schedule_waits_retry_secs_between_attempts_then_fails() {
+        let mut claimed = Claimed {
+            id: "msg_a".into(),
+            url: String::new(),
+            body: Bytes::new(),
+            tries: 0,
+            attempts: 0,
+            token: String::new(),
+        };
+        let waits = [5, 30];
+        let next = next_after(&claimed, &failed(false), &waits, 1_000);
+        assert_eq!((next.status, next.due_ms), (Status::Pending, Some(6_000)));
+        claimed.tries = 1;
+        let next = next_after(&claimed, &failed(false), &waits, 1_000);
+        assert_eq!(next.due_ms, Some(31_000));
+        claimed.tries = 2;
+        assert_eq!(
+            next_after(&claimed, &failed(false), &waits, 1_000).status,
+            Status::Failed
+        );
+        claimed.tries = 0;
+        assert_eq!(
+            next_after(&claimed, &failed(true), &waits, 1_000).status,
+            Status::Failed
+        );
+        let delivered = Outcome::Delivered { status: 204 };
+        assert_eq!(
+            next_after(&claimed, &delivered, &waits, 1_000).status,
+            Status::Delivered
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_holds_claims_and_scopes_deliveries_by_owner() {
+        let store = MemoryStore::default();
+        assert!(store.enqueue(new("r1", Some("a"), 100)).await.unwrap());
+        assert!(
+            !store.enqueue(new("r1", Some("a"), 100)).await.unwrap(),
+            "one per run"
+        );
+        assert!(store.enqueue(new("r2", Some("b"), 200)).await.unwrap());
+        assert!(
+            store.claim(50, 10, 1_000).await.unwrap().is_empty(),
+            "not due yet"
+        );
+        let claimed = store.claim(300, 10, 1_000).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            store.claim(300, 10, 1_000).await.unwrap().is_empty(),
+            "held"
+        );
+        assert_eq!(store.next_due(), Some(1_300));
+        let first = claimed[0].clone();
+        let stale = Claimed {
+            token: "stale".into(),
+            ..first.clone()
+        };
+        let gone = Next {
+            status: Status::Failed,
+            due_ms: None,
+        };
+        store
+            .report(stale, failed(true), gone, u64::MAX)
+            .await
+            .unwrap();
+        let (owner, other) = if first.id == "msg_r1" {
+            ("a", "b")
+        } else {
+            ("b", "a")
+        };
+        let listed = store.list(Some(owner.into()), None, 10).await.unwrap();
+        assert_eq!(
+            listed[0].status,
+            Status::Pending,
+            "a stale claim reports nothing"
+        );
+        store
+            .report(first.clone(), failed(true), gone, u64::MAX)
+            .await
+            .unwrap();
+        let listed = store
+            .list(Some(owner.into()), Some(Status::Failed), 10)
+            .await
+            .unwrap();
+        assert_eq!((listed.len(), listed[0].attempts), (1, 1));
+        assert!(store
+            .list(Some(other.into()), Some(Status::Failed), 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .retry(Some(other.into()), first.id.clone(), 400)
+                .await
+                .unwrap()
+                .err(),
+            Some(RetryRefused::NotFound)
+        );
+        let again = store
+            .retry(Some(owner.into()), first.id.clone(), 400)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.status, Status::Pending);
+        assert_eq!(
+            store
+                .retry(Some(owner.into()), first.id.clone(), 400)
+                .await
+                .unwrap()
+                .err(),
+            Some(RetryRefused::NotFailed(Status::Pending))
+        );
+        let retaken = store.claim(400, 10, 1_000).await.unwrap();
+        assert_eq!(
+            (retaken.len(), retaken[0].tries, retaken[0].attempts),
+            (1, 0, 1)
+        );
+    }
+}
