@@ -3,7 +3,10 @@
 # tests/api/openai_sdk.rs): a client Sluice did not write reads its chunks
 # and its error bodies. The same venv holds a pinned `httpx` (a dependency of
 # openai, pinned here on its own) for the push worker example,
-# examples/push_worker.py, which tests/api/push_workers.rs runs.
+# examples/push_worker.py, which tests/api/push_workers.rs runs, and a pinned
+# `standardwebhooks` (no dependencies of its own) for the webhook receiver
+# example, examples/webhook_receiver.py, which tests/api/webhook_receivers.rs
+# runs.
 #
 # The virtualenv is cached per machine, outside the checkout, in a folder
 # keyed by the pinned versions and by the Python that made it, so a venv of
@@ -18,12 +21,13 @@
 
 OPENAI_SDK_VERSION=3.57.0
 HTTPX_VERSION=0.28.1
+STANDARDWEBHOOKS_VERSION=1.1.0
 OPENAI_SDK_CACHE="${SLUICE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sluice}"
 
-# Whether the venv at $1 runs and imports both pinned versions.
+# Whether the venv at $1 runs and imports all three pinned versions.
 openai_sdk_usable() {
   [ -x "$1/bin/python" ] &&
-    "$1/bin/python" -c "import httpx, openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION' or httpx.__version__ != '$HTTPX_VERSION')" 2>/dev/null
+    "$1/bin/python" -c "import httpx, openai, standardwebhooks, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION' or httpx.__version__ != '$HTTPX_VERSION' or standardwebhooks.__version__ != '$STANDARDWEBHOOKS_VERSION')" 2>/dev/null
 }
 
 # Creates (or reuses) the venv; exports SLUICE_E2E_OPENAI_PYTHON or
@@ -36,13 +40,13 @@ openai_sdk_setup() {
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
     return 1
   fi
-  venv="$OPENAI_SDK_CACHE/openai-sdk-$OPENAI_SDK_VERSION-httpx-$HTTPX_VERSION-py$py"
+  venv="$OPENAI_SDK_CACHE/openai-sdk-$OPENAI_SDK_VERSION-httpx-$HTTPX_VERSION-standardwebhooks-$STANDARDWEBHOOKS_VERSION-py$py"
   if openai_sdk_usable "$venv"; then
     echo "openai-sdk: reusing $venv" >&2
     export SLUICE_E2E_OPENAI_PYTHON="$venv/bin/python"
     return 0
   fi
-  echo "openai-sdk: installing openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION into $venv" >&2
+  echo "openai-sdk: installing openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION standardwebhooks==$STANDARDWEBHOOKS_VERSION into $venv" >&2
   mkdir -p "$OPENAI_SDK_CACHE" || {
     export SLUICE_E2E_OPENAI_SDK_ERROR="cannot create the cache folder $OPENAI_SDK_CACHE"
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
@@ -60,10 +64,11 @@ openai_sdk_setup() {
   if ! python3 -m venv "$tmp/venv" >&2; then
     SLUICE_E2E_OPENAI_SDK_ERROR="python3 -m venv failed (is python3-venv installed?)"
   elif ! "$tmp/venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "openai==$OPENAI_SDK_VERSION" "httpx==$HTTPX_VERSION" >&2; then
-    SLUICE_E2E_OPENAI_SDK_ERROR="pip install openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION failed (see the output above)"
-  elif ! "$tmp/venv/bin/python" -c 'import httpx, openai' >&2; then
-    SLUICE_E2E_OPENAI_SDK_ERROR="openai==$OPENAI_SDK_VERSION or httpx==$HTTPX_VERSION installed but does not import"
+    "openai==$OPENAI_SDK_VERSION" "httpx==$HTTPX_VERSION" \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION" >&2; then
+    SLUICE_E2E_OPENAI_SDK_ERROR="pip install openai==$OPENAI_SDK_VERSION httpx==$HTTPX_VERSION standardwebhooks==$STANDARDWEBHOOKS_VERSION failed (see the output above)"
+  elif ! "$tmp/venv/bin/python" -c 'import httpx, openai, standardwebhooks' >&2; then
+    SLUICE_E2E_OPENAI_SDK_ERROR="openai==$OPENAI_SDK_VERSION, httpx==$HTTPX_VERSION or standardwebhooks==$STANDARDWEBHOOKS_VERSION installed but does not import"
   fi
   if [ -n "${SLUICE_E2E_OPENAI_SDK_ERROR:-}" ]; then
     rm -rf "$tmp"
@@ -84,7 +89,7 @@ openai_sdk_setup() {
   rm -rf "$tmp"
   if ! openai_sdk_usable "$venv"; then
     rm -rf "$venv"
-    export SLUICE_E2E_OPENAI_SDK_ERROR="the venv at $venv does not import openai $OPENAI_SDK_VERSION and httpx $HTTPX_VERSION after the move"
+    export SLUICE_E2E_OPENAI_SDK_ERROR="the venv at $venv does not import openai $OPENAI_SDK_VERSION, httpx $HTTPX_VERSION and standardwebhooks $STANDARDWEBHOOKS_VERSION after the move"
     echo "openai-sdk: $SLUICE_E2E_OPENAI_SDK_ERROR" >&2
     return 1
   fi

@@ -333,7 +333,7 @@ pub async fn publish_randomly(client: &reqwest::Client, url: &str, seed: u64, wo
 }
 
 /// The test clients' venv python (`scripts/lib/openai_sdk.sh`: the `openai`
-/// package and `httpx`), or `None` after a loud message when `test` is to
+/// package, `httpx` and `standardwebhooks`), or `None` after a loud message when `test` is to
 /// skip. Panics under CI=true when there is none.
 pub fn clients_python(test: &str) -> Option<String> {
     let cause = if let Ok(error) = std::env::var("SLUICE_E2E_OPENAI_SDK_ERROR") {

@@ -24,4 +24,5 @@ mod resume;
 mod runs;
 mod streaming;
 mod upstream;
+mod webhook_receivers;
 mod webhooks;
