@@ -6,6 +6,8 @@
 // recently, and viewing that run again resumes it after its last event
 // (`last_event_id`), so no text is lost or repeated.
 
+import { WebhooksPanel } from './webhooks.js';
+
 const MAX_STREAMS = 4;
 const POLL_MS = 1000;
 const CHART_SECONDS = 60;
@@ -761,8 +763,15 @@ class App {
     this.form = new RunForm(this);
     this.runs = new RunsList(this);
     this.chart = new ThroughputChart($('#throughput-chart'), $('#throughput-now'));
+    this.webhooks = new WebhooksPanel({
+      root: $('#webhooks'),
+      template: $('#hook-template'),
+      api,
+      openRun: (id) => this.openRun(id),
+    });
     this.gateway = $('#gateway');
     this.pollTimer = null;
+    this.running = new Set(); // ids of runs seen running, to notice when they end
   }
 
   start() {
@@ -772,6 +781,7 @@ class App {
     setInterval(() => this.views.get(this.activeId)?.renderStats(), 250);
     this.route();
     this.poll();
+    this.webhooks.start();
   }
 
   route() {
@@ -840,6 +850,7 @@ class App {
         const { runs } = await api('GET', `/api/runs?limit=${POLL_LIMIT}`);
         this.runs.render(runs);
         this.chart.update(runs, Date.now());
+        this.noticeEnded(runs);
         this.gateway.textContent = 'online';
         this.gateway.className = 'gateway online';
       } catch {
@@ -848,6 +859,13 @@ class App {
       }
     }
     this.pollTimer = setTimeout(() => this.poll(), POLL_MS);
+  }
+
+  /** A run that ended has its webhook sent: the webhooks panel looks again soon after. */
+  noticeEnded(runs) {
+    const running = new Set(runs.filter((r) => r.status === 'running').map((r) => r.id));
+    if ([...this.running].some((id) => !running.has(id))) this.webhooks.refreshSoon(1500);
+    this.running = running;
   }
 }
 

@@ -25,6 +25,11 @@ async fn the_dashboard_and_its_files_are_served_with_their_types() {
             "new EventSource(",
         ),
         (
+            "/webhooks.js",
+            "text/javascript; charset=utf-8",
+            "export class WebhooksPanel",
+        ),
+        (
             "/style.css",
             "text/css; charset=utf-8",
             "prefers-color-scheme: dark",
@@ -54,7 +59,13 @@ async fn the_page_uses_no_external_resources_and_no_inline_code() {
     let html = app.get("/").await.text().await.unwrap();
     let css = app.get("/style.css").await.text().await.unwrap();
     let js = app.get("/app.js").await.text().await.unwrap();
-    for (name, text) in [("index.html", &html), ("style.css", &css), ("app.js", &js)] {
+    let hooks_js = app.get("/webhooks.js").await.text().await.unwrap();
+    for (name, text) in [
+        ("index.html", &html),
+        ("style.css", &css),
+        ("app.js", &js),
+        ("webhooks.js", &hooks_js),
+    ] {
         assert!(
             !text.contains("http://") && !text.contains("https://"),
             "{name} refers to another origin"
@@ -110,7 +121,7 @@ async fn web_dir_serves_the_files_from_disk_on_every_request() {
 #[tokio::test]
 async fn the_dashboard_is_served_with_security_headers() {
     let app = spawn_app().await;
-    for path in ["/", "/app.js", "/style.css"] {
+    for path in ["/", "/app.js", "/webhooks.js", "/style.css"] {
         let response = app.get(path).await;
         let headers = response.headers();
         let csp = headers["content-security-policy"].to_str().unwrap();
