@@ -26,6 +26,8 @@ use serde_json::json;
 mod publish;
 #[path = "streams/report.rs"]
 mod report;
+#[path = "streams/webhooks.rs"]
+mod webhooks;
 
 /// One scenario: `streams` clients, each reading a run of `tokens` tokens
 /// at `interval_ms`, their connections opened over `ramp`.
@@ -906,11 +908,15 @@ fn main() {
                 let server = start_server(target);
                 results.push(resume_storm(&server, resume_clients, 2_000).await);
             }
+            if target == Target::Sluice && wanted("webhooks") {
+                results.extend(webhooks::scenarios(quick).await);
+            }
         });
     }
     print_table(&results);
     print_format_costs(&results);
     publish::print(&results);
+    webhooks::print(&results);
     if targets.len() > 1 {
         print_ratios(&results);
     }

@@ -26,3 +26,4 @@ mod streaming;
 mod upstream;
 mod webhook_receivers;
 mod webhooks;
+mod webhooks_load;
