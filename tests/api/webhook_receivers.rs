@@ -353,3 +353,23 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
     eprintln!("{}", receiver.output());
     let _ = receiver.child.kill().await;
 }
+
+/// The README embeds every example (receivers and push workers) as the
+/// file is, so the code a reader copies is the code the tests run.
+#[test]
+fn the_readme_embeds_every_example_as_it_is() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            readme.contains(text.trim_end()),
+            "README.md does not embed {} as it is",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "the examples folder has {checked} files");
+}
