@@ -33,6 +33,9 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 pub struct RunLog {
     state: Mutex<LogState>,
     changed: watch::Sender<()>,
+    /// Woken once, by the terminal event: for those who wait for the end
+    /// only, and should not wake on every event.
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +111,7 @@ impl RunLog {
         Self {
             state: Mutex::new(LogState::default()),
             changed: watch::Sender::new(()),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -115,6 +119,7 @@ impl RunLog {
     /// Entries after the terminal one are ignored.
     pub fn append(&self, entry: Entry) -> usize {
         let size = entry.frame.len();
+        let ends = entry.end.is_some();
         {
             let mut state = self.lock();
             if state.end.is_some() {
@@ -134,7 +139,25 @@ impl RunLog {
             }
         }
         self.changed.send_replace(());
+        if ends {
+            self.ended.notify_waiters();
+        }
         size
+    }
+
+    /// Resolves with the run's status once it has ended, woken by the
+    /// terminal event alone.
+    pub async fn wait_end(&self) -> RunStatus {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let status = self.status();
+            if status != RunStatus::Running {
+                return status;
+            }
+            ended.await;
+        }
     }
 
     /// Everything after the first `cursor` events, up to [`MAX_CHUNK_BYTES`]

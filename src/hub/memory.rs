@@ -705,13 +705,7 @@ impl HubBackend for MemoryHub {
         let shared = self.shared.clone();
         async move {
             let run = shared.lookup(&id, &viewer)?;
-            let mut changed = run.log.watch();
-            loop {
-                let status = run.log.status();
-                if status != RunStatus::Running || changed.changed().await.is_err() {
-                    return Ok(status);
-                }
-            }
+            Ok(run.log.wait_end().await)
         }
         .boxed()
     }

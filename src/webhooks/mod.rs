@@ -63,6 +63,18 @@ impl Settings {
                 "webhooks.timeout_secs and webhooks.max_concurrent must be at least 1".into(),
             ));
         }
+        // Bounds that keep every sum of them, and Redis's expiries, in range.
+        const HOUR: u64 = 3600;
+        const YEAR: u64 = 365 * 24 * HOUR;
+        if config.timeout_secs > HOUR
+            || config.keep_secs > YEAR
+            || config.retry_secs.len() > 100
+            || config.retry_secs.iter().any(|wait| *wait > 30 * 24 * HOUR)
+        {
+            return Err(invalid(
+                "webhooks: timeout_secs is at most 3600, keep_secs at most a year, retry_secs at most 100 waits of at most 30 days".into(),
+            ));
+        }
         Ok(Some(Self {
             secret,
             allowed,

@@ -64,33 +64,41 @@ fn owner_of(field: &str) -> Viewer {
     field.strip_prefix("k:").map(str::to_owned)
 }
 
+/// Redis's own clock in ms, at the top of every script: the nodes'
+/// clocks never decide when an attempt is due, so a node whose clock runs
+/// ahead cannot take a delivery that another still holds.
+const NOW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
 /// Records a delivery unless its run has one: KEYS run, delivery, due, by
-/// owner, expect, expect:{run}; ARGV id, run id, owner, url, body, now,
-/// how long the run's mark lives (s), index entries older than this go (ms).
+/// owner, expect, expect:{run}; ARGV id, run id, owner, url, body, how
+/// long a delivery lives (s, then ms): older index entries go.
 const ENQUEUE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[7]) == false then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[6]) == false then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[7]))
 redis.call('HSET', KEYS[2], 'run_id', ARGV[2], 'owner', ARGV[3], 'url', ARGV[4],
   'body', ARGV[5], 'status', 'pending', 'attempts', 0, 'tries', 0,
-  'created_ms', ARGV[6], 'due_ms', ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+  'created_ms', now, 'due_ms', now)
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[2])
 redis.call('DEL', KEYS[6])
 return 1
 ";
 
-/// Takes due deliveries: KEYS due; ARGV now, max, held until, token
-/// prefix, delivery key prefix. Each taken one is due again when its hold
-/// ends, so a node that dies mid-attempt leaves it to another.
+/// Takes due deliveries: KEYS due; ARGV max, hold (ms), token prefix,
+/// delivery key prefix. Each taken one is due again when its hold ends,
+/// so a node that dies mid-attempt leaves it to another.
 const CLAIM: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local out = {}
 for _, id in ipairs(ids) do
-  local key = ARGV[5] .. id
+  local key = ARGV[4] .. id
   if redis.call('HGET', key, 'status') == 'pending' then
-    local token = ARGV[4] .. id
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    local token = ARGV[3] .. id
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
     redis.call('HSET', key, 'claim', token)
     local f = redis.call('HMGET', key, 'url', 'body', 'tries', 'attempts')
     table.insert(out, {id, f[1], f[2], f[3], f[4], token})
@@ -102,33 +110,52 @@ return out
 ";
 
 /// Records an attempt if the claim is still held: KEYS delivery, due; ARGV
-/// token, id, status, attempts, tries, last status, last error, due ms
-/// (empty when finished), keep secs.
+/// token, id, status, attempts, tries, last status, last error, wait (ms;
+/// empty when finished), keep (s). A delivered one drops its body: only a
+/// failed delivery is ever sent again.
 const REPORT: &str = r"
 if redis.call('HGET', KEYS[1], 'claim') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'claim')
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'attempts', ARGV[4], 'tries', ARGV[5],
-  'last_status', ARGV[6], 'last_error', ARGV[7], 'due_ms', ARGV[8])
+  'last_status', ARGV[6], 'last_error', ARGV[7])
 if ARGV[8] == '' then
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[1], 'due_ms')
+  if ARGV[3] == 'delivered' then redis.call('HDEL', KEYS[1], 'body') end
   redis.call('EXPIRE', KEYS[1], ARGV[9])
 else
-  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[2])
+  local due = now + tonumber(ARGV[8])
+  redis.call('HSET', KEYS[1], 'due_ms', due)
+  redis.call('ZADD', KEYS[2], due, ARGV[2])
 end
 return 1
 ";
 
-/// Makes a failed delivery of this owner pending again: KEYS delivery,
-/// due; ARGV owner, id, now. Answers the status it found ('' if none).
+/// Makes a failed delivery of this owner pending again, due now, and
+/// lists it as new: KEYS delivery, due, by owner; ARGV owner, id. Answers
+/// the status it found ('' if none).
 const RETRY: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'owner', 'status')
 if f[1] ~= ARGV[1] or not f[2] then return '' end
 if f[2] ~= 'failed' then return f[2] end
 redis.call('PERSIST', KEYS[1])
-redis.call('HSET', KEYS[1], 'status', 'pending', 'tries', 0, 'due_ms', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'pending', 'tries', 0, 'due_ms', now)
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[2])
 return 'failed'
 ";
+
+/// The fields a listing shows (never the body).
+const LISTED: [&str; 8] = [
+    "run_id",
+    "url",
+    "status",
+    "attempts",
+    "last_status",
+    "last_error",
+    "due_ms",
+    "created_ms",
+];
 
 /// Deliveries in Redis (see the module docs).
 pub struct RedisStore {
@@ -140,9 +167,10 @@ pub struct RedisStore {
 }
 
 /// An `EVAL` of `script` with `keys`; arguments follow.
+/// (Every script starts with [`NOW`].)
 fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(script).arg(keys.len());
+    cmd.arg(format!("{NOW}{script}")).arg(keys.len());
     for key in keys {
         cmd.arg(*key);
     }
@@ -315,13 +343,8 @@ impl Store for RedisStore {
                 .arg(owner_field(&new.owner))
                 .arg(&new.url)
                 .arg(new.body.as_ref())
-                .arg(new.now_ms)
                 .arg(self.lifetime.as_secs().max(1))
-                .arg(
-                    new.now_ms.saturating_sub(
-                        u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX),
-                    ),
-                );
+                .arg(u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX));
             let created: i64 = bounded(call.query_async(&mut conn)).await?;
             Ok(created == 1)
         }
@@ -330,7 +353,8 @@ impl Store for RedisStore {
 
     fn claim(
         &self,
-        now_ms: u64,
+        // Redis's clock decides (see NOW).
+        _now_ms: u64,
         max: usize,
         hold_ms: u64,
     ) -> BoxFuture<'_, Result<Vec<Claimed>, StoreError>> {
@@ -338,9 +362,8 @@ impl Store for RedisStore {
             let mut conn = self.conn.clone();
             let stamp = crate::hub::RunId::generate().map_err(|e| StoreError(e.to_string()))?;
             let mut call = eval(CLAIM, &[DUE]);
-            call.arg(now_ms)
-                .arg(max)
-                .arg(now_ms.saturating_add(hold_ms))
+            call.arg(max)
+                .arg(hold_ms)
                 .arg(format!("{}:{stamp}:", self.node))
                 .arg("sluice:wh:d:");
             type Row = (String, String, Vec<u8>, Option<u32>, Option<u32>, String);
@@ -381,7 +404,7 @@ impl Store for RedisStore {
                 .arg(claimed.tries + 1)
                 .arg(last_status.map_or_else(String::new, |s| s.to_string()))
                 .arg(last_error)
-                .arg(next.due_ms.map_or_else(String::new, |d| d.to_string()))
+                .arg(next.wait_ms.map_or_else(String::new, |w| w.to_string()))
                 .arg((keep_ms / 1000).max(1));
             let _: i64 = bounded(call.query_async(&mut conn)).await?;
             Ok(())
@@ -402,32 +425,37 @@ impl Store for RedisStore {
             let mut conn = self.conn.clone();
             let key = owner_key(&owner);
             let mut listed = Vec::new();
+            let mut expired = Vec::new();
             for page in 0..PAGES {
                 let ids: Vec<String> =
                     bounded(conn.zrevrange(&key, page * PAGE, (page + 1) * PAGE - 1)).await?;
                 let mut pipe = redis::pipe();
                 for id in &ids {
-                    pipe.hgetall(delivery_key(id));
+                    pipe.cmd("HMGET").arg(delivery_key(id)).arg(&LISTED[..]);
                 }
-                let all: Vec<HashMap<String, String>> =
-                    bounded(pipe.query_async(&mut conn)).await?;
-                let mut expired = Vec::new();
-                for (id, fields) in ids.iter().zip(all) {
+                let all: Vec<Vec<Option<String>>> = bounded(pipe.query_async(&mut conn)).await?;
+                for (id, values) in ids.iter().zip(all) {
+                    let fields: HashMap<String, String> = LISTED
+                        .iter()
+                        .zip(values)
+                        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+                        .collect();
                     match Self::delivery_of(id, fields) {
                         Some(d) if status.is_none_or(|s| d.status == s) => listed.push(d),
                         Some(_) => {}
                         None => expired.push(id.clone()),
                     }
                     if listed.len() >= limit {
-                        return Ok(listed);
+                        break;
                     }
                 }
-                if !expired.is_empty() {
-                    let _: () = bounded(conn.zrem(&key, expired)).await?;
-                }
-                if ids.len() < PAGE as usize {
+                if listed.len() >= limit || ids.len() < PAGE as usize {
                     break;
                 }
+            }
+            // Removed once the pages are read, so no page shifts under them.
+            if !expired.is_empty() {
+                let _: () = bounded(conn.zrem(&key, expired)).await?;
             }
             Ok(listed)
         }
@@ -438,12 +466,13 @@ impl Store for RedisStore {
         &self,
         owner: Viewer,
         id: String,
-        now_ms: u64,
+        // Redis's clock decides (see NOW).
+        _now_ms: u64,
     ) -> BoxFuture<'_, Result<Result<Delivery, RetryRefused>, StoreError>> {
         async move {
             let mut conn = self.conn.clone();
-            let mut call = eval(RETRY, &[&delivery_key(&id), DUE]);
-            call.arg(owner_field(&owner)).arg(&id).arg(now_ms);
+            let mut call = eval(RETRY, &[&delivery_key(&id), DUE, &owner_key(&owner)]);
+            call.arg(owner_field(&owner)).arg(&id);
             let found: String = bounded(call.query_async(&mut conn)).await?;
             match Status::parse(&found) {
                 None => Ok(Err(RetryRefused::NotFound)),

@@ -91,7 +91,7 @@ pub(crate) async fn find_overdue(inner: Weak<Inner>) {
 /// One attempt: POST, judge the answer, record it, free the slot.
 async fn attempt(hooks: Arc<Inner>, delivery: Claimed, permit: OwnedSemaphorePermit) {
     let outcome = post(&hooks, &delivery).await;
-    let next = next_after(&delivery, &outcome, &hooks.settings.retry_secs, now_ms());
+    let next = next_after(&delivery, &outcome, &hooks.settings.retry_secs);
     let label = match next.status {
         Status::Delivered => "delivered",
         Status::Pending => "retried",

@@ -105,35 +105,31 @@ pub enum Outcome {
     },
 }
 
-/// What a report changed the delivery to: the new status and, while
-/// pending, when the next attempt is due.
+/// What a report changes the delivery to: the new status and, while
+/// pending, the wait before the next attempt (counted by the store's
+/// clock: Redis's own for the shared store, so nodes' clocks never matter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Next {
     pub status: Status,
-    pub due_ms: Option<u64>,
+    pub wait_ms: Option<u64>,
 }
 
 /// Where a delivery goes after an attempt: `retry_secs[tries]` is the wait
 /// before the next attempt; there is none after the last wait.
-pub fn next_after(claimed: &Claimed, outcome: &Outcome, retry_secs: &[u64], now_ms: u64) -> Next {
+pub fn next_after(claimed: &Claimed, outcome: &Outcome, retry_secs: &[u64]) -> Next {
+    let end = |status| Next {
+        status,
+        wait_ms: None,
+    };
     match outcome {
-        Outcome::Delivered { .. } => Next {
-            status: Status::Delivered,
-            due_ms: None,
-        },
-        Outcome::Failed { stop: true, .. } => Next {
-            status: Status::Failed,
-            due_ms: None,
-        },
+        Outcome::Delivered { .. } => end(Status::Delivered),
+        Outcome::Failed { stop: true, .. } => end(Status::Failed),
         Outcome::Failed { .. } => match retry_secs.get(claimed.tries as usize) {
             Some(wait) => Next {
                 status: Status::Pending,
-                due_ms: Some(now_ms.saturating_add(wait.saturating_mul(1000))),
+                wait_ms: Some(wait.saturating_mul(1000)),
             },
-            None => Next {
-                status: Status::Failed,
-                due_ms: None,
-            },
+            None => end(Status::Failed),
         },
     }
 }
@@ -198,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, StoreError>>;
     /// Makes a failed delivery pending again, due now, with a new round of
-    /// the schedule.
+    /// the schedule; it is listed as the newest.
     fn retry(
         &self,
         owner: Viewer,
@@ -273,31 +269,27 @@ impl State {
         record.due_ms = due_ms;
     }
 
-    /// Drops `owner`'s finished deliveries past `keep_ms` or beyond the
-    /// per-owner bound, oldest first.
+    /// Drops `owner`'s oldest deliveries while they are finished and past
+    /// `keep_ms`, or beyond the per-owner bound. A pending one stops the
+    /// sweep: it waits for the next.
     fn prune(&mut self, owner: &Viewer, now_ms: u64, keep_ms: u64) {
         let Some(ids) = self.by_owner.get_mut(owner) else {
             return;
         };
-        let mut kept = VecDeque::with_capacity(ids.len());
-        let excess = ids.len().saturating_sub(MAX_PER_OWNER);
-        let mut dropped = 0;
-        for id in ids.drain(..) {
-            let old = self.deliveries.get(&id).is_none_or(|record| {
-                record.finished_ms.is_some_and(|finished| {
-                    dropped < excess || now_ms.saturating_sub(finished) > keep_ms
-                })
-            });
-            if old {
-                dropped += 1;
-                if let Some(record) = self.deliveries.remove(&id) {
-                    self.runs.remove(&record.delivery.run_id);
-                }
-            } else {
-                kept.push_back(id);
+        while let Some(id) = ids.front() {
+            let finished = self.deliveries.get(id).map(|record| record.finished_ms);
+            let drop = match finished {
+                None => true,
+                Some(None) => false,
+                Some(Some(at)) => ids.len() > MAX_PER_OWNER || now_ms.saturating_sub(at) > keep_ms,
+            };
+            if !drop {
+                break;
+            }
+            if let Some(record) = ids.pop_front().and_then(|id| self.deliveries.remove(&id)) {
+                self.runs.remove(&record.delivery.run_id);
             }
         }
-        *ids = kept;
     }
 }
 
@@ -396,6 +388,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let mut state = self.state();
         let now = now_ms();
+        let due_ms = next.wait_ms.map(|wait| now.saturating_add(wait));
         let owner = match state.deliveries.get_mut(&claimed.id) {
             Some(record) if record.claim.as_deref() == Some(claimed.token.as_str()) => {
                 record.claim = None;
@@ -403,7 +396,7 @@ impl Store for MemoryStore {
                 let delivery = &mut record.delivery;
                 delivery.attempts = claimed.attempts + 1;
                 delivery.status = next.status;
-                delivery.next_attempt_at = next.due_ms.map(rfc3339_ms);
+                delivery.next_attempt_at = due_ms.map(rfc3339_ms);
                 match &outcome {
                     Outcome::Delivered { status } => {
                         delivery.last_status = Some(*status);
@@ -417,12 +410,16 @@ impl Store for MemoryStore {
                 if next.status != Status::Pending {
                     record.finished_ms = Some(now);
                 }
+                if next.status == Status::Delivered {
+                    // Only a failed delivery is ever sent again.
+                    record.body = Bytes::new();
+                }
                 Some(record.owner.clone())
             }
             _ => None,
         };
         if let Some(owner) = owner {
-            state.set_due(&claimed.id, next.due_ms);
+            state.set_due(&claimed.id, due_ms);
             state.prune(&owner, now, keep_ms);
         }
         async { Ok(()) }.boxed()
@@ -464,7 +461,13 @@ impl Store for MemoryStore {
                     record.delivery.status = Status::Pending;
                     record.delivery.next_attempt_at = Some(rfc3339_ms(now_ms));
                     let delivery = record.delivery.clone();
+                    let owner = record.owner.clone();
                     state.set_due(&id, Some(now_ms));
+                    // Listed as new, as the shared store does.
+                    if let Some(ids) = state.by_owner.get_mut(&owner) {
+                        ids.retain(|other| *other != id);
+                        ids.push_back(id.clone());
+                    }
                     Ok(delivery)
                 } else {
                     Err(RetryRefused::NotFailed(record.delivery.status))
@@ -514,24 +517,24 @@ mod tests {
             token: String::new(),
         };
         let waits = [5, 30];
-        let next = next_after(&claimed, &failed(false), &waits, 1_000);
-        assert_eq!((next.status, next.due_ms), (Status::Pending, Some(6_000)));
+        let next = next_after(&claimed, &failed(false), &waits);
+        assert_eq!((next.status, next.wait_ms), (Status::Pending, Some(5_000)));
         claimed.tries = 1;
-        let next = next_after(&claimed, &failed(false), &waits, 1_000);
-        assert_eq!(next.due_ms, Some(31_000));
+        let next = next_after(&claimed, &failed(false), &waits);
+        assert_eq!(next.wait_ms, Some(30_000));
         claimed.tries = 2;
         assert_eq!(
-            next_after(&claimed, &failed(false), &waits, 1_000).status,
+            next_after(&claimed, &failed(false), &waits).status,
             Status::Failed
         );
         claimed.tries = 0;
         assert_eq!(
-            next_after(&claimed, &failed(true), &waits, 1_000).status,
+            next_after(&claimed, &failed(true), &waits).status,
             Status::Failed
         );
         let delivered = Outcome::Delivered { status: 204 };
         assert_eq!(
-            next_after(&claimed, &delivered, &waits, 1_000).status,
+            next_after(&claimed, &delivered, &waits).status,
             Status::Delivered
         );
     }
@@ -563,7 +566,7 @@ mod tests {
         };
         let gone = Next {
             status: Status::Failed,
-            due_ms: None,
+            wait_ms: None,
         };
         store
             .report(stale, failed(true), gone, u64::MAX)

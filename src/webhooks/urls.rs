@@ -16,6 +16,8 @@ pub enum Refused {
     Userinfo,
     #[error("`webhook_url` may not carry a #fragment")]
     Fragment,
+    #[error("`webhook_url` may not carry an encoded slash, backslash or dot in its path")]
+    EncodedPath,
     #[error("`webhook_url` is not under any of webhooks.allowed_urls")]
     NotAllowed,
 }
@@ -64,6 +66,12 @@ fn checked(text: &str) -> Result<Url, Refused> {
     }
     if url.fragment().is_some() {
         return Err(Refused::Fragment);
+    }
+    // `/hooks/..%2fadmin` is under `/hooks/` as parsed, and may not be once
+    // the receiver decodes it.
+    let path = url.path().to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e"].iter().any(|code| path.contains(code)) {
+        return Err(Refused::EncodedPath);
     }
     Ok(url)
 }
@@ -138,6 +146,18 @@ mod tests {
                 Refused::NotAllowed,
             ),
             ("https://app.example.com/hooks/#x", Refused::Fragment),
+            (
+                "https://app.example.com/hooks/..%2fadmin",
+                Refused::EncodedPath,
+            ),
+            (
+                "https://app.example.com/hooks/..%5Cadmin",
+                Refused::EncodedPath,
+            ),
+            (
+                "https://app.example.com/hooks/%2E%2E/admin",
+                Refused::NotAllowed,
+            ),
             ("http://127.0.0.1:9000/inside", Refused::NotAllowed),
             ("http://127.0.0.2:9000/in", Refused::NotAllowed),
             ("ftp://app.example.com/hooks/", Refused::Scheme),
