@@ -16,6 +16,33 @@ pub struct Cli {
 pub enum Command {
     /// Serve the API and the dashboard.
     Serve(ServeArgs),
+    /// Load-test any SSE endpoint (Sluice or not): N concurrent GET
+    /// streams, ramped; prints streams ok/failed, events/s, time to first
+    /// event, gaps between events and the answers by status. Exits 1 when
+    /// any stream failed.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The SSE URL to open (http://).
+    pub url: String,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 100)]
+    pub streams: usize,
+    /// Seconds over which the streams are opened, evenly.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_secs: f64,
+    /// Close streams still open this many seconds after the start (they
+    /// count as ok); without it, each is read until the server ends it.
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// A request header, `Name: value`; repeatable (e.g. an Authorization).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

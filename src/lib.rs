@@ -25,10 +25,12 @@
 //! - [`tls`]: HTTPS with HTTP/2.
 //! - [`webhooks`]: run webhooks (SPEC 13): the allowed URLs, the deliveries in memory or Redis, the
 //!   sender; and the Standard Webhooks signatures of every request to the user's servers.
+//! - [`mod@bench`]: `sluice bench`, a load test of any SSE endpoint.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
 pub mod agent;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod http;

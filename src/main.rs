@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice::cli::{Cli, Command, ServeArgs};
+use sluice::cli::{BenchArgs, Cli, Command, ServeArgs};
 use sluice::config::Config;
 use sluice::http::dashboard::WebAssets;
 use sluice::http::{serve_with_tls, AppState};
@@ -24,7 +24,81 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Bench(args) => match run_bench(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(message) => {
+                eprintln!("sluice bench: {message}");
+                ExitCode::from(2)
+            }
+        },
     }
+}
+
+/// `sluice bench`: a live progress line on stderr, the report on stdout.
+/// `Ok(false)` when a stream failed.
+fn run_bench(args: BenchArgs) -> Result<bool, String> {
+    use std::io::IsTerminal;
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| sluice::bench::header(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let seconds = |s: f64, name: &str| {
+        std::time::Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("--{name} {s} is not a number of seconds"))
+    };
+    if args.streams == 0 {
+        return Err("--streams must be at least 1".into());
+    }
+    let plan = sluice::bench::Plan {
+        url: args.url,
+        streams: args.streams,
+        ramp: seconds(args.ramp_secs, "ramp-secs")?,
+        duration: args
+            .duration_secs
+            .map(|s| seconds(s, "duration-secs"))
+            .transpose()?,
+        headers,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let terminal = std::io::stderr().is_terminal();
+    let report = runtime
+        .block_on(sluice::bench::run(&plan, move |line| {
+            // Rewritten in place on a terminal; one line every 5 s in a log.
+            if terminal {
+                eprint!("\r{line}");
+            } else if line
+                .trim_start()
+                .split('.')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_some_and(|s| s % 5 == 0)
+            {
+                eprintln!("{line}");
+            }
+        }))
+        .map_err(|e| e.to_string())?;
+    if terminal {
+        eprintln!();
+    }
+    let text = if args.json {
+        format!("{}\n", report.json())
+    } else {
+        report.table()
+    };
+    print_out(&text);
+    Ok(report.failed == 0)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_out(text: &str) {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), String> {

@@ -43,7 +43,6 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
-    let app = Router::new().route("/api/agent/stream", get(stream));
     #[allow(clippy::print_stdout)]
     {
         println!(
@@ -51,5 +50,11 @@ async fn main() -> std::io::Result<()> {
             listener.local_addr()?
         );
     }
-    axum::serve(listener, app).await
+    axum::serve(listener, app()).await
+}
+
+/// The one route (also served by `tests/api/bench.rs`, which points
+/// `sluice bench` at it).
+pub fn app() -> Router {
+    Router::new().route("/api/agent/stream", get(stream))
 }
