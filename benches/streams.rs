@@ -17,9 +17,6 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 #[path = "streams/publish.rs"]
@@ -438,6 +435,10 @@ async fn read_stream(
     seen
 }
 
+/// One stream through `sluice bench`'s reader (the same code users run),
+/// seen as this bench counts: event 1 is `run`, so the first token is
+/// event 2 and gaps are counted between tokens; a stream still going at
+/// `limit` failed.
 async fn read_events(
     addr: SocketAddr,
     path: String,
@@ -445,81 +446,30 @@ async fn read_events(
     expected: usize,
     limit: Duration,
 ) -> Seen {
+    let target = sluice::bench::reader::Target {
+        addr,
+        host: "bench".to_owned(),
+        path,
+        headers: last_event_id
+            .map(|id| vec![("last-event-id".to_owned(), id)])
+            .unwrap_or_default(),
+    };
+    let until = tokio::time::Instant::now() + limit;
+    let read = sluice::bench::reader::read(&target, None, until).await;
+    let mut gaps = read.gaps.into_iter();
+    let ttft = read
+        .first_event
+        .zip(gaps.next())
+        .map(|(first, gap)| first + gap);
     let mut seen = Seen {
         gaps: Vec::with_capacity(expected),
         ..Seen::default()
     };
-    let started = Instant::now();
-    // Past the deadline the stream counts as failed; what it got still counts.
-    let deadline = tokio::time::Instant::from_std(started + limit);
-    let Ok(Ok(tcp)) = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr)).await
-    else {
-        seen.failed = true;
-        return seen;
-    };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-    else {
-        seen.failed = true;
-        return seen;
-    };
-    tokio::spawn(connection);
-    let mut request = hyper::Request::get(path).header("host", "bench");
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id);
-    }
-    let Ok(request) = request.body(Empty::<Bytes>::new()) else {
-        seen.failed = true;
-        return seen;
-    };
-    let Ok(Ok(response)) = tokio::time::timeout_at(deadline, sender.send_request(request)).await
-    else {
-        seen.failed = true;
-        return seen;
-    };
-    if !response.status().is_success() {
-        seen.failed = true;
-        return seen;
-    }
-    let mut body = response.into_body();
-    let mut previous_newline = false;
-    let mut last_event: Option<Instant> = None;
-    loop {
-        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
-            seen.failed = true;
-            break;
-        };
-        let Some(frame) = frame else {
-            break;
-        };
-        let Ok(frame) = frame else {
-            seen.failed = true;
-            break;
-        };
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        let now = Instant::now();
-        seen.bytes += data.len() as u64;
-        for &byte in data.iter() {
-            if byte == b'\n' && previous_newline {
-                seen.events += 1;
-                // Event 1 is `run`; the first token is event 2.
-                if seen.events == 2 {
-                    seen.ttft = Some(now - started);
-                }
-                if seen.events >= 3 {
-                    if let Some(last) = last_event {
-                        seen.gaps.push(now - last);
-                    }
-                }
-                last_event = Some(now);
-                previous_newline = false;
-            } else {
-                previous_newline = byte == b'\n';
-            }
-        }
-    }
+    seen.gaps.extend(gaps);
+    seen.events = read.events;
+    seen.bytes = read.bytes;
+    seen.ttft = ttft;
+    seen.failed = read.error.is_some() || read.cut;
     seen
 }
 

@@ -23,6 +23,8 @@ pub struct Seen {
     pub first_event: Option<Duration>,
     /// Between consecutive events.
     pub gaps: Vec<Duration>,
+    /// Closed by the test's time limit while still going, not by the server.
+    pub cut: bool,
 }
 
 impl Seen {
@@ -57,7 +59,7 @@ pub async fn read(target: &Target, source: Option<IpAddr>, until: tokio::time::I
         // Time is up: a stream that answered well and is still going is ok;
         // one that never answered is not.
         Err(_) if seen.status.is_none() => seen.error = Some("timeout"),
-        Err(_) => {}
+        Err(_) => seen.cut = true,
     }
     seen
 }
