@@ -24,6 +24,7 @@ use super::store::{
     rfc3339_ms, Claimed, Delivery, Expected, NewDelivery, Next, Outcome, RetryRefused, Status,
     Store, StoreError,
 };
+use crate::hub::redis::owner_field;
 use crate::hub::{RunId, Viewer};
 
 const DUE: &str = "sluice:wh:due";
@@ -50,14 +51,6 @@ fn run_key(run: &RunId) -> String {
 
 fn expect_key(run: &RunId) -> String {
     format!("sluice:wh:expect:{run}")
-}
-
-/// How an owner is stored: empty when auth is off, `k:{name}` otherwise
-/// (as the hub stores run owners).
-fn owner_field(owner: &Viewer) -> String {
-    owner
-        .as_ref()
-        .map_or_else(String::new, |name| format!("k:{name}"))
 }
 
 fn owner_of(field: &str) -> Viewer {

@@ -116,7 +116,7 @@ fn node_key(node: &str) -> String {
 }
 
 /// How an owner is stored: empty when auth is off, `k:{name}` otherwise.
-fn owner_field(owner: &Viewer) -> String {
+pub(crate) fn owner_field(owner: &Viewer) -> String {
     owner
         .as_ref()
         .map_or_else(String::new, |name| format!("k:{name}"))
