@@ -30,7 +30,8 @@ async fn stream(
             if !interval.is_zero() {
                 tokio::time::sleep(interval).await;
             }
-            let data = serde_json::json!({"text": format!(" word{i}")}).to_string();
+            // One format! for the data, as the plainest handler writes it.
+            let data = format!("{{\"text\":\" word{i}\"}}");
             yield Ok(Event::default().id(format!("r:{}", i + 2)).event("token").data(data));
         }
         yield Ok(Event::default().id(format!("r:{}", tokens + 2)).event("done").data("{\"finish_reason\":\"stop\"}"));

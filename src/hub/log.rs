@@ -3,9 +3,9 @@
 //!
 //! The lock is per run and held only to push or to clone a few `Bytes`
 //! handles, never across an await: a std `Mutex` is cheaper than tokio's for
-//! that. Waiting is done on a `watch` channel whose version moves on every
-//! append, so a subscriber that read the log and then waits cannot miss an
-//! event appended in between.
+//! that. Waiting is done on a change signal ([`super::changes`]) whose
+//! version moves on every append, so a subscriber that read the log and
+//! then waits cannot miss an event appended in between.
 //!
 //! The log keeps Sluice's own frames. A subscriber in another format
 //! (`format=openai`, `ai-sdk`) reads a view: the same events rendered in
@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
-use tokio::sync::watch;
 
+use super::changes::{Changes, Signal};
 use super::record::Entry;
 use super::RunMeta;
 use super::RunStatus;
@@ -32,7 +32,7 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct RunLog {
     state: Mutex<LogState>,
-    changed: watch::Sender<()>,
+    changed: Signal,
     /// Woken once, by the terminal event: for those who wait for the end
     /// only, and should not wake on every event.
     ended: tokio::sync::Notify,
@@ -110,7 +110,7 @@ impl RunLog {
     pub fn new() -> Self {
         Self {
             state: Mutex::new(LogState::default()),
-            changed: watch::Sender::new(()),
+            changed: Signal::default(),
             ended: tokio::sync::Notify::new(),
         }
     }
@@ -138,7 +138,7 @@ impl RunLog {
                 });
             }
         }
-        self.changed.send_replace(());
+        self.changed.send();
         if ends {
             self.ended.notify_waiters();
         }
@@ -208,7 +208,7 @@ impl RunLog {
     }
 
     /// A receiver that wakes on the next append.
-    pub fn watch(&self) -> watch::Receiver<()> {
+    pub fn watch(&self) -> Changes {
         self.changed.subscribe()
     }
 
@@ -503,7 +503,7 @@ mod tests {
         });
         assert_eq!(log.read(0), Read::Pending);
         let woke = tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed()).await;
-        assert!(matches!(woke, Ok(Ok(()))));
+        assert!(woke.is_ok());
         assert!(matches!(log.read(0), Read::Chunk { events: 1, .. }));
         assert!(task.await.is_ok());
     }

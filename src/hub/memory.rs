@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::log::{Read, RunLog};
@@ -419,7 +418,7 @@ struct Subscriber {
     grace: Duration,
     cursor: usize,
     format: Format,
-    changed: watch::Receiver<()>,
+    changed: super::changes::Changes,
 }
 
 impl Subscriber {
@@ -450,10 +449,7 @@ impl Subscriber {
                 Read::Ended => return None,
                 Read::Pending => {}
             }
-            // The sender lives in the run, which this subscriber holds.
-            if self.changed.changed().await.is_err() {
-                return None;
-            }
+            self.changed.changed().await;
         }
     }
 }
@@ -663,9 +659,7 @@ impl HubBackend for MemoryHub {
                 if settled {
                     break;
                 }
-                if changed.changed().await.is_err() {
-                    break;
-                }
+                changed.changed().await;
             }
             match accepted {
                 Ok(accepted) => {
@@ -773,9 +767,7 @@ impl HubBackend for MemoryHub {
             run.cancel.cancel();
             let finished = async {
                 while run.log.status() == RunStatus::Running {
-                    if changed.changed().await.is_err() {
-                        break;
-                    }
+                    changed.changed().await;
                 }
             };
             // The driver reacts to the cancel at its next poll; should the

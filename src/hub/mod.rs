@@ -10,6 +10,7 @@
 //! each agent event becomes its SSE frame once, and that frame is what is
 //! stored and sent to every subscriber.
 
+pub mod changes;
 pub mod log;
 pub mod memory;
 pub mod record;

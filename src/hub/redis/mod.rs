@@ -548,9 +548,7 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
     loop {
         let (frames, last) = run.log().frames(cursor, BATCH);
         if frames.is_empty() {
-            if changed.changed().await.is_err() {
-                return;
-            }
+            changed.changed().await;
             continue;
         }
         let mut commands: Vec<redis::Cmd> = frames
