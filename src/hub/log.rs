@@ -131,6 +131,10 @@ impl RunLog {
                 state.text.push_str(text);
             }
             if let Some(end) = entry.end {
+                // A finished run is kept as it is until evicted: without
+                // the spare capacity its vectors grew (up to half of them).
+                state.frames.shrink_to_fit();
+                state.text.shrink_to_fit();
                 state.end = Some(Ended {
                     status: end.status,
                     usage: end.usage,
