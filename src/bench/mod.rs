@@ -113,10 +113,11 @@ struct Live {
     failed: AtomicU64,
 }
 
-/// Runs `plan`; `progress` is called about once a second with a line.
+/// Runs `plan`; `progress` is called once a second with the whole seconds
+/// elapsed and a line saying how the streams stand.
 pub async fn run(
     plan: &Plan,
-    progress: impl Fn(&str) + Send + 'static,
+    progress: impl Fn(u64, &str) + Send + 'static,
 ) -> Result<Report, PlanError> {
     let target = Arc::new(target(&plan.url, plan.headers.clone())?);
     let sources = sources(target.addr, plan.streams);
@@ -130,13 +131,16 @@ pub async fn run(
             every.tick().await;
             loop {
                 every.tick().await;
-                progress(&format!(
-                    "{:>6.1} s  open {:>6}  ok {:>6}  failed {:>6}",
-                    started.elapsed().as_secs_f64(),
-                    live.open.load(Ordering::Relaxed),
-                    live.ok.load(Ordering::Relaxed),
-                    live.failed.load(Ordering::Relaxed),
-                ));
+                progress(
+                    started.elapsed().as_secs(),
+                    &format!(
+                        "{:>6.1} s  open {:>6}  ok {:>6}  failed {:>6}",
+                        started.elapsed().as_secs_f64(),
+                        live.open.load(Ordering::Relaxed),
+                        live.ok.load(Ordering::Relaxed),
+                        live.failed.load(Ordering::Relaxed),
+                    ),
+                );
             }
         }
     });

@@ -42,6 +42,7 @@ use crate::config::{Config, ConfigError};
 use crate::hub::memory::MemoryHub;
 use crate::hub::Hub;
 use crate::metrics::{self, Metrics};
+use crate::webhooks::Webhooks;
 use dashboard::WebAssets;
 use error::{ApiError, Rejected};
 use stream::StreamSlots;
@@ -86,7 +87,7 @@ pub struct Gateway {
     /// `auth.runs_per_minute`, per key.
     pub run_rate: Arc<limits::RunRate>,
     /// Run webhooks (SPEC 13); off without `webhooks.secret`.
-    pub webhooks: crate::webhooks::Webhooks,
+    pub webhooks: Webhooks,
 }
 
 impl AppState {
@@ -95,7 +96,8 @@ impl AppState {
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid(format!("cannot set up the metrics: {e}")))?;
         let hub = Hub::new(MemoryHub::new(&config.runs, metrics.clone()));
-        Self::with_hub(config, hub, metrics)
+        let webhooks = Webhooks::in_memory(&config, hub.clone(), metrics.clone())?;
+        Self::with_hub(config, hub, metrics, webhooks)
     }
 
     /// The state for `config` with the hub it names: in memory, or shared
@@ -110,11 +112,8 @@ impl AppState {
             .await
             .map_err(|e| ConfigError::Invalid(format!("hub.url `{}`: {e}", config.hub.url)))?;
         let hub = Hub::new(hub);
-        let webhooks =
-            crate::webhooks::Webhooks::start(&config, hub.clone(), metrics.clone()).await?;
-        let mut state = Self::with_hub(config, hub, metrics)?;
-        Arc::make_mut(&mut state.0).webhooks = webhooks;
-        Ok(state)
+        let webhooks = Webhooks::in_redis(&config, hub.clone(), metrics.clone()).await?;
+        Self::with_hub(config, hub, metrics, webhooks)
     }
 
     /// Serve the dashboard from `web` instead of the embedded copies.
@@ -123,12 +122,16 @@ impl AppState {
         self
     }
 
-    /// The state for `config` with any hub.
-    pub fn with_hub(config: Config, hub: Hub, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+    /// The state for `config` with any hub and the webhooks that go with it.
+    pub fn with_hub(
+        config: Config,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        webhooks: Webhooks,
+    ) -> Result<Self, ConfigError> {
         let agents = Agents::from_config(&config.agents)?;
         let auth = Auth::from_config(&config.auth, config.auth.env_keys.as_deref())?;
         let run_rate = Arc::new(limits::RunRate::new(config.auth.runs_per_minute));
-        let webhooks = crate::webhooks::Webhooks::in_memory(&config, hub.clone(), metrics.clone())?;
         Ok(Self(Arc::new(Gateway {
             webhooks,
             hub,

@@ -129,17 +129,13 @@ pub(crate) struct Inner {
 }
 
 impl Webhooks {
-    /// Webhooks for `config` with `hub`, keeping deliveries in Redis when
-    /// the hub is shared, else in memory; starts the sender. Off when no
-    /// secret is configured.
-    pub async fn start(
+    /// Webhooks for the shared hub `hub`: deliveries live in the Redis of
+    /// `hub.url`, where any node sends them. Off when no secret is set.
+    pub async fn in_redis(
         config: &Config,
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        if config.hub.backend != "redis" {
-            return Self::in_memory(config, hub, metrics);
-        }
         let Some(settings) = Settings::from_config(&config.webhooks)? else {
             return Ok(Self::default());
         };

@@ -29,8 +29,6 @@ use crate::hub::{RunId, Viewer};
 
 const DUE: &str = "sluice:wh:due";
 const EXPECT: &str = "sluice:wh:expect";
-/// How long one Redis call may take before the store reports trouble.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long after its run is expected an overdue check first looks, and
 /// then how often it looks again while the run is running.
 const LOOK_AGAIN_MS: u64 = 2_000;
@@ -170,33 +168,20 @@ fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     cmd
 }
 
-fn trouble(e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("Redis: {e}"))
-}
-
+/// Runs `command` against Redis in bounded time (as the hub does).
 async fn bounded<T>(
     command: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, command).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(trouble(e)),
-        Err(_) => Err(trouble("no answer in time")),
-    }
+    crate::hub::redis::bounded(command)
+        .await
+        .map_err(StoreError::from)
 }
 
 impl RedisStore {
     /// Connects to `url` (the hub's Redis); a delivery lives at most
     /// `lifetime` (its schedule, then its keeping).
     pub async fn connect(url: &str, lifetime: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(trouble)?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_factor(100)
-            .set_exponent_base(2)
-            .set_max_delay(1_000)
-            .set_number_of_retries(3)
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(REQUEST_TIMEOUT);
-        let conn = bounded(ConnectionManager::new_with_config(client, manager)).await?;
+        let (_, conn) = crate::hub::redis::open(url).await?;
         let node = crate::hub::RunId::generate()
             .map_err(|e| StoreError(e.to_string()))?
             .to_string();

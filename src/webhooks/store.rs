@@ -148,6 +148,12 @@ pub enum RetryRefused {
 #[error("webhook deliveries unavailable: {0}")]
 pub struct StoreError(pub String);
 
+impl From<crate::hub::HubError> for StoreError {
+    fn from(e: crate::hub::HubError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// A run with a webhook whose end the store is waiting for (the shared
 /// store keeps these, so that a run whose node died still gets its webhook).
 #[derive(Debug, Clone)]

@@ -126,8 +126,25 @@ fn unavailable(e: impl std::fmt::Display) -> HubError {
     HubError::Unavailable(format!("the shared hub (Redis) is unreachable: {e}"))
 }
 
+/// A client of the Redis at `url` and a managed connection to it, which
+/// reconnects quickly after an outage and never waits forever on a
+/// connection that died without saying so. The hub and the webhook store
+/// each open one.
+pub(crate) async fn open(url: &str) -> Result<(redis::Client, ConnectionManager), HubError> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let manager = redis::aio::ConnectionManagerConfig::new()
+        .set_factor(100)
+        .set_exponent_base(2)
+        .set_max_delay(1_000)
+        .set_number_of_retries(3)
+        .set_connection_timeout(Duration::from_secs(1))
+        .set_response_timeout(REQUEST_TIMEOUT);
+    let conn = bounded(ConnectionManager::new_with_config(client.clone(), manager)).await?;
+    Ok((client, conn))
+}
+
 /// Runs `command` against Redis, or fails with `Unavailable` in bounded time.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     command: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, HubError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, command).await {
@@ -238,17 +255,7 @@ impl RedisHub {
     /// Connects to `config.hub.url` and starts this node's lease, its
     /// cancel listener and its watch for runs of dead nodes.
     pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, HubError> {
-        let client = redis::Client::open(config.hub.url.as_str()).map_err(unavailable)?;
-        // Reconnects quickly after an outage, and never waits forever on a
-        // connection that died without saying so.
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_factor(100)
-            .set_exponent_base(2)
-            .set_max_delay(1_000)
-            .set_number_of_retries(3)
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(REQUEST_TIMEOUT);
-        let conn = bounded(ConnectionManager::new_with_config(client.clone(), manager)).await?;
+        let (client, conn) = open(&config.hub.url).await?;
         let node = RunId::generate()?.to_string();
         let lease = Duration::from_secs(config.hub.lease_secs.max(1));
         let watchers = Arc::new(std::sync::OnceLock::<std::sync::Weak<Inner>>::new());
