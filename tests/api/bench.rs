@@ -153,3 +153,33 @@ async fn streams_refused_or_reset_are_failures_with_their_statuses() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(json_of(&output)["errors"]["connect"], 2);
 }
+
+#[tokio::test]
+async fn duration_closes_streams_still_going_and_counts_them_ok() {
+    let app = spawn_app().await;
+    let url = app.url("/api/agent/stream?tokens=1000&interval_ms=20");
+    let started = std::time::Instant::now();
+    let output = bench(&[
+        &url,
+        "--streams",
+        "4",
+        "--ramp-secs",
+        "0.2",
+        "--duration-secs",
+        "1",
+        "--json",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report = json_of(&output);
+    assert_eq!(
+        (report["ok"].as_u64(), report["failed"].as_u64()),
+        (Some(4), Some(0))
+    );
+    let events = report["events"].as_u64().unwrap();
+    assert!(
+        events > 4 * 10 && events < 4 * 1002,
+        "cut short after about 1 s: {events}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}

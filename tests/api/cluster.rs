@@ -990,3 +990,55 @@ async fn pending_webhooks_survive_a_restart_of_the_only_node() {
     assert_eq!(hits[1].answered, 200);
     assert_eq!(delivered["attempts"], 2);
 }
+
+#[tokio::test]
+async fn a_failed_webhook_is_listed_and_retried_through_another_node() {
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start(Vec::new(), Answer::Status(410)).await;
+    let toml = webhooks_config(&receiver);
+    let (a, b) = (
+        node_with_config(&redis, &toml),
+        node_with_config(&redis, &toml),
+    );
+    let id = create_hooked_run(&a.base, json!({"tokens": 2}), &receiver.url("/hooks/")).await;
+    let failed = delivery_of(&b.base, &id, "failed", Duration::from_secs(20)).await;
+    assert_eq!(
+        (failed["attempts"].as_u64(), failed["last_status"].as_u64()),
+        (Some(1), Some(410))
+    );
+    let (_, listed) = get_json(&format!("{}/api/webhooks/deliveries?status=failed", b.base)).await;
+    assert_eq!(listed["deliveries"].as_array().unwrap().len(), 1);
+    receiver.then(Answer::Status(200));
+    let delivery = failed["id"].as_str().unwrap();
+    let client = reqwest::Client::new();
+    let retry = |base: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("{base}/api/webhooks/deliveries/{delivery}/retry"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, pending) = retry(b.base.clone()).await;
+    assert_eq!((status, &pending["status"]), (202, &json!("pending")));
+    let delivered = delivery_of(&a.base, &id, "delivered", Duration::from_secs(20)).await;
+    assert_eq!(delivered["attempts"], 2);
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[1].id, delivery);
+    let (status, refused) = retry(a.base.clone()).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (409, &json!("delivery_not_failed"))
+    );
+    let response = client
+        .post(format!("{}/api/webhooks/deliveries/msg_none/retry", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}

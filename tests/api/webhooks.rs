@@ -400,3 +400,34 @@ async fn logs_carry_neither_the_secret_nor_the_body() {
         "a signature is in the logs"
     );
 }
+
+#[tokio::test]
+async fn a_pending_delivery_says_when_its_next_attempt_is_due() {
+    let receiver = Receiver::start(Vec::new(), Answer::Status(500)).await;
+    let app = spawn_with(&config(&receiver.url("/hooks/"), "retry_secs = [30]")).await;
+    post_run(
+        &app,
+        None,
+        json!({"prompt": "x", "params": {"tokens": 2}, "webhook_url": receiver.url("/hooks/")}),
+    )
+    .await;
+    receiver.wait_hits(1, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let pending = loop {
+        let (_, body) = deliveries(&app, None, "?status=pending").await;
+        if body["deliveries"][0]["attempts"] == 1 {
+            break body["deliveries"][0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(pending["last_status"], 500);
+    let next = humantime::parse_rfc3339(pending["next_attempt_at"].as_str().unwrap()).unwrap();
+    let wait = next
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        wait > Duration::from_secs(20) && wait <= Duration::from_secs(31),
+        "{pending}"
+    );
+}
