@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use super::changes::{Changes, Signal};
+use super::frames::Frames;
 use super::record::Entry;
 use super::RunMeta;
 use super::RunStatus;
@@ -41,8 +42,7 @@ pub struct RunLog {
 #[derive(Debug, Default)]
 struct LogState {
     /// Frame of event `seq` at index `seq - 1`.
-    frames: Vec<Bytes>,
-    bytes: u64,
+    frames: Frames,
     text: String,
     end: Option<Ended>,
     /// The events in other formats, for as far as subscribers have read.
@@ -55,7 +55,7 @@ struct View {
     render: Box<dyn Render>,
     /// The rendering of event `seq` at index `seq - 1` (empty when the
     /// format has nothing for it).
-    frames: Vec<Bytes>,
+    frames: Frames,
 }
 
 impl std::fmt::Debug for View {
@@ -126,14 +126,13 @@ impl RunLog {
                 return 0;
             }
             state.frames.push(entry.frame);
-            state.bytes += size as u64;
             if let Some(text) = &entry.token {
                 state.text.push_str(text);
             }
             if let Some(end) = entry.end {
                 // A finished run is kept as it is until evicted: without
                 // the spare capacity its vectors grew (up to half of them).
-                state.frames.shrink_to_fit();
+                state.frames.finish();
                 state.text.shrink_to_fit();
                 state.end = Some(Ended {
                     status: end.status,
@@ -185,7 +184,7 @@ impl RunLog {
                     state.views.push(View {
                         format,
                         render,
-                        frames: Vec::new(),
+                        frames: Frames::default(),
                     });
                     state.views.len() - 1
                 }
@@ -201,11 +200,14 @@ impl RunLog {
                 break;
             }
             let seq = view.frames.len() as u64 + 1;
-            let rendered = view.render.render(Event::from_frame(seq, frame));
+            let rendered = view.render.render(Event::from_frame(seq, &frame));
             if view.frames.len() >= cursor {
                 ahead += rendered.len();
             }
             view.frames.push(rendered);
+        }
+        if state.end.is_some() && view.frames.len() == state.frames.len() {
+            view.frames.finish();
         }
         let ended = state.end.is_some() && view.frames.len() == state.frames.len();
         chunk_of(&view.frames, cursor, ended)
@@ -220,9 +222,12 @@ impl RunLog {
     /// whether the last of them is the run's terminal event.
     pub fn frames(&self, cursor: usize, max: usize) -> (Vec<Bytes>, bool) {
         let state = self.lock();
-        let ready = state.frames.get(cursor..).unwrap_or_default();
-        let taken: Vec<Bytes> = ready.iter().take(max).cloned().collect();
-        let last = state.end.is_some() && taken.len() == ready.len();
+        let ready = state.frames.len().saturating_sub(cursor);
+        let taken: Vec<Bytes> = (cursor..)
+            .take(ready.min(max))
+            .filter_map(|i| state.frames.get(i))
+            .collect();
+        let last = state.end.is_some() && taken.len() == ready;
         (taken, last)
     }
 
@@ -242,7 +247,7 @@ impl RunLog {
 
     /// Bytes of all frames.
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.lock().frames.bytes()
     }
 
     /// The log as a snapshot shows it.
@@ -260,12 +265,7 @@ impl RunLog {
     /// Bytes of the other formats' renderings held for subscribers.
     pub fn view_bytes(&self) -> u64 {
         let state = self.lock();
-        state
-            .views
-            .iter()
-            .flat_map(|view| &view.frames)
-            .map(|frame| frame.len() as u64)
-            .sum()
+        state.views.iter().map(|view| view.frames.bytes()).sum()
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
@@ -276,37 +276,29 @@ impl RunLog {
 }
 
 /// The frames after the first `cursor`, up to [`MAX_CHUNK_BYTES`] (at
-/// least one frame), as one chunk; `ended` says the run has no more.
-fn chunk_of(frames: &[Bytes], cursor: usize, ended: bool) -> Read {
-    let ready = frames.get(cursor..).unwrap_or_default();
-    match ready {
-        [] if ended => Read::Ended,
-        [] => Read::Pending,
-        [one, ..] if ready.len() == 1 || one.len() >= MAX_CHUNK_BYTES => Read::Chunk {
-            bytes: one.clone(),
-            events: 1,
-            ready: ready.len(),
-        },
-        _ => {
-            let mut size = 0;
-            let events = ready
-                .iter()
-                .take_while(|frame| {
-                    let fits = size == 0 || size + frame.len() <= MAX_CHUNK_BYTES;
-                    size += frame.len();
-                    fits
-                })
-                .count();
-            let mut chunk = BytesMut::with_capacity(size.min(MAX_CHUNK_BYTES));
-            for frame in &ready[..events] {
-                chunk.extend_from_slice(frame);
+/// least one frame), as one chunk; `ended` says the run has no more. A run
+/// of frames sealed together is a slice of their segment, not a copy.
+fn chunk_of(frames: &Frames, cursor: usize, ended: bool) -> Read {
+    let ready = frames.len().saturating_sub(cursor);
+    if ready == 0 {
+        return if ended { Read::Ended } else { Read::Pending };
+    }
+    let (pieces, events) = frames.pieces(cursor, MAX_CHUNK_BYTES);
+    let bytes = match <[Bytes; 1]>::try_from(pieces) {
+        Ok([one]) => one,
+        Err(pieces) => {
+            let size = pieces.iter().map(Bytes::len).sum();
+            let mut chunk = BytesMut::with_capacity(size);
+            for piece in &pieces {
+                chunk.extend_from_slice(piece);
             }
-            Read::Chunk {
-                bytes: chunk.freeze(),
-                events,
-                ready: ready.len(),
-            }
+            chunk.freeze()
         }
+    };
+    Read::Chunk {
+        bytes,
+        events,
+        ready,
     }
 }
 

@@ -11,6 +11,7 @@
 //! stored and sent to every subscriber.
 
 pub mod changes;
+mod frames;
 pub mod log;
 pub mod memory;
 pub mod record;

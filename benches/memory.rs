@@ -1,0 +1,136 @@
+//! Retained memory of finished runs' logs, per event, against the bytes of
+//! the frames themselves: what a node holds for every run it keeps for
+//! resumes. `cargo bench --bench memory`.
+//!
+//! Two measures, both taken in this process around building the logs:
+//! the bytes the allocator was asked for and still holds (exact, counted by
+//! an instrumented allocator), and the resident set (what the operating
+//! system sees, including the allocator's own overhead per allocation).
+//! The workload is the load bench's throughput scenario: 100 runs of 20,000
+//! sim tokens, finished.
+
+use std::alloc::System;
+use std::time::SystemTime;
+
+use sluice::agent::AgentEvent;
+use sluice::hub::log::RunLog;
+use sluice::hub::record::Recorder;
+use sluice::hub::{RunId, RunMeta};
+use sluice::wire::Format;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+const RUNS: usize = 100;
+const TOKENS: usize = 20_000;
+
+fn meta(id: &RunId) -> RunMeta {
+    RunMeta {
+        id: id.clone(),
+        agent: "sim".into(),
+        model: "sim".into(),
+        prompt: "bench".into(),
+        created_at: SystemTime::now(),
+        chat: None,
+        cancel_on_disconnect: false,
+        owner: None,
+    }
+}
+
+/// A finished run of `TOKENS` sim tokens, as the hub logs it.
+fn finished_run(n: usize) -> (RunMeta, RunLog) {
+    let id = RunId::generate().unwrap_or_else(|e| panic!("randomness: {e}"));
+    let meta = meta(&id);
+    let log = RunLog::new();
+    let (mut recorder, first) = Recorder::start(&meta);
+    log.append(first);
+    let seed = sluice::agent::sim::prompt_seed(&format!("bench{n}"));
+    for i in 0..TOKENS as u64 {
+        log.append(recorder.record(AgentEvent::Token(sluice::agent::sim::token(seed, i))));
+    }
+    log.append(recorder.record(AgentEvent::Done {
+        finish_reason: "stop".into(),
+        usage: Default::default(),
+    }));
+    (meta, log)
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[allow(clippy::print_stdout)]
+fn report(what: &str, events: u64, frame_bytes: u64, held: i64, rss: u64, live_allocations: i64) {
+    let per = |n: f64| n / events as f64;
+    println!(
+        "{what:<34} {:>6.1} B/event held ({:.2}x frames) {:>6.1} B/event RSS ({:.2}x) {:>5.2} allocations/event  [{events} events, frames {:.1} B/event]",
+        per(held as f64),
+        held as f64 / frame_bytes as f64,
+        per(rss as f64),
+        rss as f64 / frame_bytes as f64,
+        per(live_allocations as f64),
+        per(frame_bytes as f64),
+    );
+}
+
+fn main() {
+    // The logs of the throughput scenario, format=sluice.
+    let rss_before = rss_bytes();
+    let region = Region::new(GLOBAL);
+    let logs: Vec<(RunMeta, RunLog)> = (0..RUNS).map(finished_run).collect();
+    let change = region.change();
+    let rss = rss_bytes().saturating_sub(rss_before);
+    let events: u64 = logs.iter().map(|(_, log)| log.position().0 as u64).sum();
+    let frames: u64 = logs.iter().map(|(_, log)| log.bytes()).sum();
+    let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
+        + change.bytes_reallocated as i64;
+    let live = change.allocations as i64 - change.deallocations as i64;
+    report(
+        "finished runs (sluice frames)",
+        events,
+        frames,
+        held,
+        rss,
+        live,
+    );
+
+    // The same runs read once in another format: the rendering is kept
+    // beside the frames for every later subscriber of that format.
+    for format in [Format::OpenAi, Format::AiSdk] {
+        let rss_before = rss_bytes();
+        let region = Region::new(GLOBAL);
+        let mut rendered = 0u64;
+        for (meta, log) in &logs {
+            // Less the formats read before: their views are kept too.
+            let before = log.view_bytes();
+            let mut cursor = 0;
+            while let sluice::hub::log::Read::Chunk { events, .. } =
+                log.read_as(cursor, format, meta)
+            {
+                cursor += events;
+            }
+            rendered += log.view_bytes() - before;
+        }
+        let change = region.change();
+        let rss = rss_bytes().saturating_sub(rss_before);
+        let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
+            + change.bytes_reallocated as i64;
+        let live = change.allocations as i64 - change.deallocations as i64;
+        report(
+            &format!("+ a view in format={}", format.name()),
+            events,
+            rendered,
+            held,
+            rss,
+            live,
+        );
+    }
+    drop(logs);
+}
