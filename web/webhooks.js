@@ -2,6 +2,8 @@
 // with a Retry button; hidden while the gateway has webhooks off. What it
 // needs is passed in: its section, the `api` caller, how to open a run.
 
+import { deliveriesPath, retryPath } from './api.js';
+
 const REFRESH_MS = 5000;
 const FOLLOW_MS = 1000; // while a retried delivery is pending
 const LIMIT = 100;
@@ -13,7 +15,6 @@ function lastAnswer(d) {
 }
 
 const short = (id) => id.slice(0, 12);
-const listPath = (status, limit) => `/api/webhooks/deliveries?status=${status}&limit=${limit}`;
 
 export class WebhooksPanel {
   /** `root`: the panel; `template`: a row's; `api(method, path)`: the page's API caller; `openRun(id)`. */
@@ -56,11 +57,11 @@ export class WebhooksPanel {
     const seq = ++this.seq;
     if (!document.hidden) {
       try {
-        const { enabled, deliveries } = await this.api('GET', listPath('failed', LIMIT));
+        const { enabled, deliveries } = await this.api('GET', deliveriesPath('failed', LIMIT));
         let shown = deliveries;
         if (this.retried.size) {
           // A retried delivery stays pending until it is delivered (it leaves) or fails again.
-          const pending = (await this.api('GET', listPath('pending', 1000))).deliveries.filter((d) => this.retried.has(d.id));
+          const pending = (await this.api('GET', deliveriesPath('pending', 1000))).deliveries.filter((d) => this.retried.has(d.id));
           if (seq !== this.seq) return;
           const failed = new Set(deliveries.map((d) => d.id));
           for (const id of this.retried) {
@@ -132,7 +133,7 @@ export class WebhooksPanel {
     row.busy = row.retry.disabled = true;
     this.showError(null);
     try {
-      const delivery = await this.api('POST', `/api/webhooks/deliveries/${encodeURIComponent(id)}/retry`);
+      const delivery = await this.api('POST', retryPath(id));
       this.seq += 1;
       this.retried.add(id);
       this.announce.textContent = `Delivery ${short(id)} is being sent again.`;

@@ -25,6 +25,46 @@ const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/app.js"),
     ),
     (
+        "api.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/api.js"),
+    ),
+    (
+        "chart.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/chart.js"),
+    ),
+    (
+        "run-output.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/run-output.js"),
+    ),
+    (
+        "run-view.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/run-view.js"),
+    ),
+    (
+        "runs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/runs.js"),
+    ),
+    (
+        "sign-in.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/sign-in.js"),
+    ),
+    (
+        "streams.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/streams.js"),
+    ),
+    (
+        "tabs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/tabs.js"),
+    ),
+    (
         "webhooks.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/webhooks.js"),
