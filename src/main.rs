@@ -119,20 +119,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // One worker per core; on a single core (a pinned process, a one-CPU
-    // container) a single-threaded runtime, which spends nothing on handing
-    // tasks between threads.
-    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let mut runtime = if one_core {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let listener =
             sluice::http::listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         let local = listener
@@ -155,6 +142,22 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One worker per core; on a single core (a pinned process, a one-CPU
+/// container) a single-threaded runtime, which spends nothing on handing
+/// tasks between threads.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut runtime = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    runtime
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 /// The listen line: the one thing written to stdout, flushed at once so a

@@ -39,84 +39,44 @@ impl Metrics {
     /// which the tests would show.
     pub fn new() -> Result<Arc<Self>, prometheus::Error> {
         let registry = Registry::new();
-        let streams_open = IntGauge::new("sluice_streams_open", "SSE responses open now")?;
-        let runs_running = IntGauge::new("sluice_runs_running", "Runs running now on this node")?;
-        let runs = IntCounterVec::new(
-            Opts::new("sluice_runs_total", "Runs finished, by agent and outcome"),
-            &["agent", "outcome"],
-        )?;
-        let events_sent =
-            IntCounter::new("sluice_events_sent_total", "Events written to subscribers")?;
-        let bytes_sent = IntCounter::new(
-            "sluice_bytes_sent_total",
-            "Bytes of events written to subscribers",
-        )?;
-        let resumes = IntCounter::new(
-            "sluice_resumes_total",
-            "Streams resumed with Last-Event-ID (header or last_event_id)",
-        )?;
-        let rejections = IntCounterVec::new(
-            Opts::new(
-                "sluice_rejections_total",
-                "Requests refused by a limit or by auth, by reason",
-            ),
-            &["reason"],
-        )?;
-        let webhook_deliveries = IntCounterVec::new(
-            Opts::new(
-                "sluice_webhook_deliveries_total",
-                "Webhook attempts by outcome: delivered, retried (another attempt follows), failed",
-            ),
+        let r = &registry;
+        let webhook_deliveries = counter_vec(
+            r,
+            "sluice_webhook_deliveries_total",
+            "Webhook attempts by outcome: delivered, retried (another attempt follows), failed",
             &["outcome"],
         )?;
         for outcome in ["delivered", "retried", "failed"] {
             webhook_deliveries.with_label_values(&[outcome]);
         }
-        let ttft = Histogram::with_opts(
-            HistogramOpts::new(
+        Ok(Arc::new(Self {
+            streams_open: register(r, IntGauge::new("sluice_streams_open", OPEN_HELP)?)?,
+            runs_running: register(r, IntGauge::new("sluice_runs_running", RUNNING_HELP)?)?,
+            runs: counter_vec(r, "sluice_runs_total", RUNS_HELP, &["agent", "outcome"])?,
+            events_sent: register(r, IntCounter::new("sluice_events_sent_total", EVENTS_HELP)?)?,
+            bytes_sent: register(r, IntCounter::new("sluice_bytes_sent_total", BYTES_HELP)?)?,
+            resumes: register(r, IntCounter::new("sluice_resumes_total", RESUMES_HELP)?)?,
+            rejections: counter_vec(r, "sluice_rejections_total", REJECTIONS_HELP, &["reason"])?,
+            ttft: histogram(
+                r,
                 "sluice_ttft_seconds",
                 "Time from a run's start to its first token",
-            )
-            .buckets(exponential_buckets(0.005, 2.0, 14)?),
-        )?;
-        let run_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                exponential_buckets(0.005, 2.0, 14)?,
+            )?,
+            run_duration: histogram(
+                r,
                 "sluice_run_duration_seconds",
                 "Time from a run's start to its end",
-            )
-            .buckets(exponential_buckets(0.05, 2.0, 16)?),
-        )?;
-        let subscriber_lag = Histogram::with_opts(
-            HistogramOpts::new(
+                exponential_buckets(0.05, 2.0, 16)?,
+            )?,
+            subscriber_lag: histogram(
+                r,
                 "sluice_subscriber_lag_events",
                 "Events already waiting beyond the first when a subscriber wrote (0: it keeps up)",
-            )
-            .buckets(vec![0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
-        )?;
-        registry.register(Box::new(subscriber_lag.clone()))?;
-        registry.register(Box::new(streams_open.clone()))?;
-        registry.register(Box::new(runs_running.clone()))?;
-        registry.register(Box::new(runs.clone()))?;
-        registry.register(Box::new(events_sent.clone()))?;
-        registry.register(Box::new(bytes_sent.clone()))?;
-        registry.register(Box::new(resumes.clone()))?;
-        registry.register(Box::new(rejections.clone()))?;
-        registry.register(Box::new(webhook_deliveries.clone()))?;
-        registry.register(Box::new(ttft.clone()))?;
-        registry.register(Box::new(run_duration.clone()))?;
-        Ok(Arc::new(Self {
-            registry,
-            streams_open,
-            runs_running,
-            runs,
-            events_sent,
-            bytes_sent,
-            resumes,
-            rejections,
-            ttft,
-            run_duration,
-            subscriber_lag,
+                vec![0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
+            )?,
             webhook_deliveries,
+            registry,
         }))
     }
 
@@ -177,6 +137,42 @@ impl Metrics {
         }
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+const OPEN_HELP: &str = "SSE responses open now";
+const RUNNING_HELP: &str = "Runs running now on this node";
+const RUNS_HELP: &str = "Runs finished, by agent and outcome";
+const EVENTS_HELP: &str = "Events written to subscribers";
+const BYTES_HELP: &str = "Bytes of events written to subscribers";
+const RESUMES_HELP: &str = "Streams resumed with Last-Event-ID (header or last_event_id)";
+const REJECTIONS_HELP: &str = "Requests refused by a limit or by auth, by reason";
+
+/// `metric`, registered in `registry` (the registry keeps a handle).
+fn register<M>(registry: &Registry, metric: M) -> Result<M, prometheus::Error>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> Result<Histogram, prometheus::Error> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(registry, Histogram::with_opts(opts)?)
 }
 
 #[cfg(test)]

@@ -262,40 +262,16 @@ impl Run {
                 yield AgentEvent::error("command_failed", "the command has no stdout");
                 return;
             };
-            let mut terminal = None;
-            match self.protocol {
-                Protocol::Text => {
-                    let chunks = utf8::text_chunks(stdout);
-                    tokio::pin!(chunks);
-                    while let Some(text) = chunks.next().await {
-                        yield AgentEvent::Token(text);
-                    }
+            let output = output(stdout, self.protocol, self.max_line_bytes);
+            tokio::pin!(output);
+            while let Some(event) = output.next().await {
+                if event.is_terminal() {
+                    // The program said how the run ended; the guard stops
+                    // whatever it left running.
+                    yield event;
+                    return;
                 }
-                Protocol::Jsonl => {
-                    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(self.max_line_bytes));
-                    while let Some(line) = lines.next().await {
-                        let event = match line {
-                            Ok(line) if line.trim().is_empty() => continue,
-                            Ok(line) => lines::parse(&line, "command_error")
-                                .unwrap_or_else(|message| AgentEvent::error("command_bad_output", message)),
-                            Err(LinesCodecError::MaxLineLengthExceeded) => AgentEvent::error(
-                                "command_line_too_long",
-                                format!("the command wrote a line longer than {} bytes", self.max_line_bytes),
-                            ),
-                            Err(LinesCodecError::Io(e)) => AgentEvent::error("command_failed", format!("reading stdout failed: {e}")),
-                        };
-                        if event.is_terminal() {
-                            terminal = Some(event);
-                            break;
-                        }
-                        yield event;
-                    }
-                }
-            }
-            if let Some(event) = terminal {
-                // The program said how the run ended; the guard stops whatever it left running.
                 yield event;
-                return;
             }
             let status = child.wait().await;
             guard.exited();
@@ -310,6 +286,49 @@ impl Run {
             };
         }
     }
+}
+
+/// The events the program writes on stdout, in its protocol.
+fn output(
+    stdout: tokio::process::ChildStdout,
+    protocol: Protocol,
+    max_line_bytes: usize,
+) -> impl futures::Stream<Item = AgentEvent> + Send {
+    async_stream::stream! {
+        match protocol {
+            Protocol::Text => {
+                let chunks = utf8::text_chunks(stdout);
+                tokio::pin!(chunks);
+                while let Some(text) = chunks.next().await {
+                    yield AgentEvent::Token(text);
+                }
+            }
+            Protocol::Jsonl => {
+                let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(max_line_bytes));
+                while let Some(line) = lines.next().await {
+                    if let Some(event) = jsonl_event(line, max_line_bytes) {
+                        yield event;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event of one line of `jsonl` output; none for a blank line.
+fn jsonl_event(line: Result<String, LinesCodecError>, max_line_bytes: usize) -> Option<AgentEvent> {
+    Some(match line {
+        Ok(line) if line.trim().is_empty() => return None,
+        Ok(line) => lines::parse(&line, "command_error")
+            .unwrap_or_else(|message| AgentEvent::error("command_bad_output", message)),
+        Err(LinesCodecError::MaxLineLengthExceeded) => AgentEvent::error(
+            "command_line_too_long",
+            format!("the command wrote a line longer than {max_line_bytes} bytes"),
+        ),
+        Err(LinesCodecError::Io(e)) => {
+            AgentEvent::error("command_failed", format!("reading stdout failed: {e}"))
+        }
+    })
 }
 
 fn failure_message(status: ExitStatus, stderr: &str) -> String {

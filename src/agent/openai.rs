@@ -297,33 +297,39 @@ impl ChunkReader {
             out.push(AgentEvent::Token(text.to_owned()));
         }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
-            for (position, call) in calls.iter().enumerate() {
-                let index = call
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(position as u64);
-                let entry = self.tool_calls.entry(index).or_default();
-                if let Some(id) = call.get("id").and_then(Value::as_str) {
-                    entry.id = id.to_owned();
-                }
-                if let Some(kind) = call.get("type").and_then(Value::as_str) {
-                    entry.kind = kind.to_owned();
-                }
-                if let Some(function) = call.get("function") {
-                    if let Some(name) = function.get("name").and_then(Value::as_str) {
-                        entry.name.push_str(name);
-                    }
-                    if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
-                        entry.arguments.push_str(arguments);
-                    }
-                }
-            }
+            self.add_tool_call_deltas(calls);
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
             self.finish_reason = Some(reason.to_owned());
             out.extend(self.take_tool_calls());
         }
         out
+    }
+
+    /// Tool calls come in pieces, by index: the id and name first, then
+    /// the arguments a few characters at a time.
+    fn add_tool_call_deltas(&mut self, calls: &[Value]) {
+        for (position, call) in calls.iter().enumerate() {
+            let index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let entry = self.tool_calls.entry(index).or_default();
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                entry.id = id.to_owned();
+            }
+            if let Some(kind) = call.get("type").and_then(Value::as_str) {
+                entry.kind = kind.to_owned();
+            }
+            if let Some(function) = call.get("function") {
+                if let Some(name) = function.get("name").and_then(Value::as_str) {
+                    entry.name.push_str(name);
+                }
+                if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                    entry.arguments.push_str(arguments);
+                }
+            }
+        }
     }
 
     /// Assembled tool calls, each as one `tool_call` event.

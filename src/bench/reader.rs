@@ -70,20 +70,7 @@ async fn read_into(
     started: Instant,
     seen: &mut Seen,
 ) -> Result<(), &'static str> {
-    let socket = match target.addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .map_err(|_| "connect")?;
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0)).map_err(|_| "connect")?;
-    }
-    let tcp = socket.connect(target.addr).await.map_err(|_| "connect")?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|_| "connect")?;
-    tokio::spawn(connection);
+    let mut sender = connect(target, source).await?;
     let mut request = hyper::Request::get(target.path.as_str())
         .header("host", target.host.as_str())
         .header("accept", "text/event-stream");
@@ -124,6 +111,28 @@ async fn read_into(
         }
     }
     Ok(())
+}
+
+/// An HTTP/1 connection to the target, from `source` if given.
+async fn connect(
+    target: &Target,
+    source: Option<IpAddr>,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, &'static str> {
+    let socket = match target.addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|_| "connect")?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|_| "connect")?;
+    }
+    let tcp = socket.connect(target.addr).await.map_err(|_| "connect")?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|_| "connect")?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// Counts SSE events in a byte stream: a blank line ends an event when

@@ -21,7 +21,7 @@ use super::stream::stream_run;
 use super::AppState;
 use crate::agent::{Message, Params, Role};
 use crate::auth::Caller;
-use crate::hub::{Resume, RunId};
+use crate::hub::{Resume, RunId, RunSnapshot};
 use crate::wire::{openai, sse, Event, Format};
 
 /// Error bodies larger than this are passed through untouched.
@@ -127,46 +127,52 @@ async fn completion(
             Json(json!({"error": {"message": message, "type": "sluice_error", "param": null, "code": code}})),
         )
             .into_response(),
-        None => {
-            let head = snapshot.created_at.clone();
-            let created = humantime::parse_rfc3339(&head)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
-            let model = state
-                .agents
-                .get(&snapshot.agent)
-                .and_then(|agent| agent.model().map(str::to_owned))
-                .unwrap_or_else(|| snapshot.agent.clone());
-            let mut message = Map::new();
-            message.insert("role".into(), "assistant".into());
-            message.insert("content".into(), Value::String(answer.text));
-            if !answer.reasoning.is_empty() {
-                message.insert("reasoning_content".into(), Value::String(answer.reasoning));
-            }
-            if !answer.tool_calls.is_empty() {
-                message.insert("tool_calls".into(), Value::Array(answer.tool_calls));
-            }
-            Json(json!({
-                "id": openai::completion_id(run_id.as_str()),
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": message,
-                    "logprobs": null,
-                    "finish_reason": answer.finish_reason.unwrap_or_else(|| "stop".into()),
-                }],
-                "usage": openai::usage(snapshot.usage.as_ref()),
-            }))
-            .into_response()
-        }
+        None => Json(chat_completion(state, &run_id, &snapshot, answer)).into_response(),
     };
     if let Ok(value) = HeaderValue::from_str(run_id.as_str()) {
         response.headers_mut().insert("x-run-id", value);
     }
     Ok(response)
+}
+
+/// The `chat.completion` object of a run that ended well.
+fn chat_completion(
+    state: &AppState,
+    run_id: &RunId,
+    snapshot: &RunSnapshot,
+    answer: Answer,
+) -> Value {
+    let created = humantime::parse_rfc3339(&snapshot.created_at)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let model = state
+        .agents
+        .get(&snapshot.agent)
+        .and_then(|agent| agent.model().map(str::to_owned))
+        .unwrap_or_else(|| snapshot.agent.clone());
+    let mut message = Map::new();
+    message.insert("role".into(), "assistant".into());
+    message.insert("content".into(), Value::String(answer.text));
+    if !answer.reasoning.is_empty() {
+        message.insert("reasoning_content".into(), Value::String(answer.reasoning));
+    }
+    if !answer.tool_calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(answer.tool_calls));
+    }
+    json!({
+        "id": openai::completion_id(run_id.as_str()),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "logprobs": null,
+            "finish_reason": answer.finish_reason.unwrap_or_else(|| "stop".into()),
+        }],
+        "usage": openai::usage(snapshot.usage.as_ref()),
+    })
 }
 
 /// A run's events folded into one assistant message.

@@ -51,41 +51,7 @@ pub async fn publish(
         appended: 0,
         last: None,
     };
-    let ended = state.hub.ended(id, caller.key.clone());
-    tokio::pin!(ended);
-    let mut body = body.into_data_stream();
-    let mut lines = LineSplitter::default();
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            // The run ended while the body was still coming: tell the
-            // worker now, rather than when it next writes.
-            status = &mut ended, if !publisher.ended_it() => {
-                return Err(publisher.refusal(status?).await);
-            }
-            chunk = body.next() => chunk,
-        };
-        let chunk = match chunk {
-            Some(Ok(chunk)) => chunk,
-            // The worker went away mid-body: what it sent whole is kept.
-            Some(Err(_)) => break,
-            None => {
-                let events = lines.finish()?;
-                publisher.send(events).await?;
-                break;
-            }
-        };
-        let (events, bad) = lines.push(&chunk);
-        // The lines before a bad one are published, then the bad one
-        // answers: nothing after it is.
-        publisher.send(events).await?;
-        if let Some(bad) = bad {
-            return Err(bad);
-        }
-        if publisher.ended_it() {
-            break;
-        }
-    }
+    publisher.consume(body).await?;
     if publisher.last.is_none() {
         publisher.send(Vec::new()).await?;
     }
@@ -118,6 +84,45 @@ struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
+    /// Publishes the body's lines as they come, until it ends, a line is
+    /// bad, or the run ends.
+    async fn consume(&mut self, body: Body) -> Result<(), ApiError> {
+        let ended = self.state.hub.ended(self.id.clone(), self.viewer.clone());
+        tokio::pin!(ended);
+        let mut body = body.into_data_stream();
+        let mut lines = LineSplitter::default();
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                // The run ended while the body was still coming: tell the
+                // worker now, rather than when it next writes.
+                status = &mut ended, if !self.ended_it() => {
+                    return Err(self.refusal(status?).await);
+                }
+                chunk = body.next() => chunk,
+            };
+            let chunk = match chunk {
+                Some(Ok(chunk)) => chunk,
+                // The worker went away mid-body: what it sent whole is kept.
+                Some(Err(_)) => return Ok(()),
+                None => {
+                    let events = lines.finish()?;
+                    return self.send(events).await;
+                }
+            };
+            let (events, bad) = lines.push(&chunk);
+            // The lines before a bad one are published, then the bad one
+            // answers: nothing after it is.
+            self.send(events).await?;
+            if let Some(bad) = bad {
+                return Err(bad);
+            }
+            if self.ended_it() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn send(&mut self, events: Vec<AgentEvent>) -> Result<(), ApiError> {
         if events.is_empty() && self.last.is_some() {
             return Ok(());
@@ -320,29 +325,19 @@ mod tests {
     fn offsets_and_content_types_are_checked() {
         let mut headers = HeaderMap::new();
         assert!(matches!(offset(&headers), Ok(None)));
-        headers.insert(
-            OFFSET_HEADER,
-            "12".parse().unwrap_or_else(|_| unreachable!()),
-        );
+        headers.insert(OFFSET_HEADER, "12".parse().unwrap());
         assert!(matches!(offset(&headers), Ok(Some(12))));
-        headers.insert(
-            OFFSET_HEADER,
-            "-1".parse().unwrap_or_else(|_| unreachable!()),
-        );
+        headers.insert(OFFSET_HEADER, "-1".parse().unwrap());
         assert!(offset(&headers).is_err());
         assert!(check_content_type(&headers).is_ok());
         headers.insert(
             header::CONTENT_TYPE,
-            "application/x-ndjson; charset=utf-8"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
+            "application/x-ndjson; charset=utf-8".parse().unwrap(),
         );
         assert!(check_content_type(&headers).is_ok());
         headers.insert(
             header::CONTENT_TYPE,
-            "multipart/form-data; boundary=x"
-                .parse()
-                .unwrap_or_else(|_| unreachable!()),
+            "multipart/form-data; boundary=x".parse().unwrap(),
         );
         assert!(check_content_type(&headers).is_err());
     }

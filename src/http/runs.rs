@@ -15,7 +15,7 @@ use super::start::{start_run, StartRun};
 use super::AppState;
 use crate::agent::{Message, Params};
 use crate::auth::{Caller, Scope};
-use crate::hub::{Cancelled, RunSnapshot};
+use crate::hub::{Cancelled, RunId, RunSnapshot};
 
 /// The body of `POST /api/runs`.
 #[derive(Debug, Deserialize)]
@@ -77,11 +77,22 @@ pub async fn create(
     )
     .await?;
     let location = format!("/api/runs/{id}");
+    let body = created(&state, &caller, &agent, &id, &location);
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// The answer to a created run: its id, where to read its events and, for a
+/// push run, where its worker publishes.
+fn created(state: &AppState, caller: &Caller, agent: &str, id: &RunId, location: &str) -> Value {
     // With auth on, the URL works as it is in an EventSource: it carries a
     // token for this run only.
     let events_url = if state.auth.enabled() {
         let ttl = std::time::Duration::from_secs(state.config.auth.token_ttl_secs);
-        let token = state.auth.token(&caller, &Scope::Run(id.clone()), ttl);
+        let token = state.auth.token(caller, &Scope::Run(id.clone()), ttl);
         format!("{location}/events?access_token={token}")
     } else {
         format!("{location}/events")
@@ -95,7 +106,7 @@ pub async fn create(
     // that and nothing else, for as long as the run may run.
     let push = state
         .agents
-        .get(&agent)
+        .get(agent)
         .is_some_and(|agent| agent.push_idle_timeout().is_some());
     if push {
         let publish_url = if state.auth.enabled() {
@@ -104,18 +115,14 @@ pub async fn create(
                 .runs
                 .max_run()
                 .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600));
-            let token = state.auth.publish_token(&caller, &id, ttl);
+            let token = state.auth.publish_token(caller, id, ttl);
             format!("{location}/events?access_token={token}")
         } else {
             format!("{location}/events")
         };
         body["publish_url"] = json!(publish_url);
     }
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    Ok(response)
+    body
 }
 
 /// `GET /api/runs?limit=`: newest first; `limit` is clamped to 1..=1000 and

@@ -33,12 +33,7 @@ pub struct StartRun {
 /// Checks the request and starts the run: the number of messages, agent,
 /// prompt size, capacity, parameters, in that order. Nothing is started when any check fails.
 pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiError> {
-    if start.messages.len() > MAX_MESSAGES {
-        return Err(ApiError::InvalidJson(format!(
-            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
-            start.messages.len()
-        )));
-    }
+    check_messages(&start.messages)?;
     let agent = state.agents.get(&start.agent).ok_or_else(|| {
         ApiError::UnknownAgent(format!(
             "no agent named `{}` (available: {})",
@@ -47,31 +42,8 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
         ))
     })?;
     let (prompt, messages) = conversation(start.prompt, start.messages);
-    let max_prompt = state.config.runs.max_prompt_bytes;
-    if prompt.len() > max_prompt {
-        return Err(ApiError::TooLarge {
-            code: "prompt_too_large",
-            message: format!(
-                "the prompt is {} bytes; the limit is {max_prompt}",
-                prompt.len()
-            ),
-        });
-    }
-    if let Some(key) = &start.owner {
-        limits::check_running(
-            state.hub.running_for(&start.owner),
-            state.config.auth.max_running_per_key,
-        )?;
-        state.run_rate.take(key)?;
-    }
-    let max_running = state.config.server.max_running;
-    if state.hub.running() >= max_running {
-        return Err(ApiError::Unavailable {
-            code: "too_many_runs",
-            message: format!("the gateway is at its limit of {max_running} running runs"),
-            retry_after_secs: 5,
-        });
-    }
+    check_prompt(state, &prompt)?;
+    check_capacity(state, &start.owner)?;
     let id = RunId::generate()?;
     // A push agent's runs wait for published events; only POST /api/runs
     // makes them (anywhere else, the agent's own start refuses).
@@ -104,15 +76,7 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
     // Recorded before the run exists, so that a node that dies at any
     // point afterwards still leaves the webhook to the others.
     if let Some(url) = &start.webhook {
-        state
-            .webhooks
-            .expect(&id, &owner, url)
-            .await
-            .map_err(|e| ApiError::Unavailable {
-                code: "hub_unavailable",
-                message: e.to_string(),
-                retry_after_secs: 5,
-            })?;
+        expect_webhook(state, &id, &owner, url).await?;
     }
     match events {
         Some(events) => state.hub.start(meta, events).await?,
@@ -127,4 +91,66 @@ pub async fn start_run(state: &AppState, start: StartRun) -> Result<RunId, ApiEr
     tracing::Span::current().record("run_id", id.as_str());
     tracing::info!(run_id = id.as_str(), agent, "run started");
     Ok(id)
+}
+
+fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
+    if messages.len() > MAX_MESSAGES {
+        return Err(ApiError::InvalidJson(format!(
+            "`messages` has {} messages; at most {MAX_MESSAGES} are allowed",
+            messages.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_prompt(state: &AppState, prompt: &str) -> Result<(), ApiError> {
+    let max_prompt = state.config.runs.max_prompt_bytes;
+    if prompt.len() > max_prompt {
+        return Err(ApiError::TooLarge {
+            code: "prompt_too_large",
+            message: format!(
+                "the prompt is {} bytes; the limit is {max_prompt}",
+                prompt.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The caller's key's limits (running runs, runs per minute), then the
+/// gateway's.
+fn check_capacity(state: &AppState, owner: &Option<String>) -> Result<(), ApiError> {
+    if let Some(key) = owner {
+        limits::check_running(
+            state.hub.running_for(owner),
+            state.config.auth.max_running_per_key,
+        )?;
+        state.run_rate.take(key)?;
+    }
+    let max_running = state.config.server.max_running;
+    if state.hub.running() >= max_running {
+        return Err(ApiError::Unavailable {
+            code: "too_many_runs",
+            message: format!("the gateway is at its limit of {max_running} running runs"),
+            retry_after_secs: 5,
+        });
+    }
+    Ok(())
+}
+
+async fn expect_webhook(
+    state: &AppState,
+    id: &RunId,
+    owner: &Option<String>,
+    url: &str,
+) -> Result<(), ApiError> {
+    state
+        .webhooks
+        .expect(id, owner, url)
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "hub_unavailable",
+            message: e.to_string(),
+            retry_after_secs: 5,
+        })
 }

@@ -545,8 +545,14 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn the_memory_store_holds_claims_and_scopes_deliveries_by_owner() {
+    const GONE: Next = Next {
+        status: Status::Failed,
+        wait_ms: None,
+    };
+
+    /// A store with two due deliveries of two owners, both claimed: the
+    /// store, the first claim, its owner and the other owner.
+    async fn two_claimed() -> (MemoryStore, Claimed, &'static str, &'static str) {
         let store = MemoryStore::default();
         assert!(store.enqueue(new("r1", Some("a"), 100)).await.unwrap());
         assert!(
@@ -560,37 +566,44 @@ mod tests {
         );
         let claimed = store.claim(300, 10, 1_000).await.unwrap();
         assert_eq!(claimed.len(), 2);
-        assert!(
-            store.claim(300, 10, 1_000).await.unwrap().is_empty(),
-            "held"
-        );
-        assert_eq!(store.next_due(), Some(1_300));
         let first = claimed[0].clone();
-        let stale = Claimed {
-            token: "stale".into(),
-            ..first.clone()
-        };
-        let gone = Next {
-            status: Status::Failed,
-            wait_ms: None,
-        };
-        store
-            .report(stale, failed(true), gone, u64::MAX)
-            .await
-            .unwrap();
         let (owner, other) = if first.id == "msg_r1" {
             ("a", "b")
         } else {
             ("b", "a")
         };
+        (store, first, owner, other)
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_holds_claims() {
+        let (store, first, owner, _) = two_claimed().await;
+        assert!(
+            store.claim(300, 10, 1_000).await.unwrap().is_empty(),
+            "held"
+        );
+        assert_eq!(store.next_due(), Some(1_300));
+        let stale = Claimed {
+            token: "stale".into(),
+            ..first.clone()
+        };
+        store
+            .report(stale, failed(true), GONE, u64::MAX)
+            .await
+            .unwrap();
         let listed = store.list(Some(owner.into()), None, 10).await.unwrap();
         assert_eq!(
             listed[0].status,
             Status::Pending,
             "a stale claim reports nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_scopes_deliveries_by_owner() {
+        let (store, first, owner, other) = two_claimed().await;
         store
-            .report(first.clone(), failed(true), gone, u64::MAX)
+            .report(first.clone(), failed(true), GONE, u64::MAX)
             .await
             .unwrap();
         let listed = store
@@ -603,26 +616,15 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+        let retry = |key: &str| store.retry(Some(key.into()), first.id.clone(), 400);
         assert_eq!(
-            store
-                .retry(Some(other.into()), first.id.clone(), 400)
-                .await
-                .unwrap()
-                .err(),
+            retry(other).await.unwrap().err(),
             Some(RetryRefused::NotFound)
         );
-        let again = store
-            .retry(Some(owner.into()), first.id.clone(), 400)
-            .await
-            .unwrap()
-            .unwrap();
+        let again = retry(owner).await.unwrap().unwrap();
         assert_eq!(again.status, Status::Pending);
         assert_eq!(
-            store
-                .retry(Some(owner.into()), first.id.clone(), 400)
-                .await
-                .unwrap()
-                .err(),
+            retry(owner).await.unwrap().err(),
             Some(RetryRefused::NotFailed(Status::Pending))
         );
         let retaken = store.claim(400, 10, 1_000).await.unwrap();
