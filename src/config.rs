@@ -159,9 +159,65 @@ pub struct KeyConfig {
 /// One `[agents.NAME]` table: its kind and the kind's own settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AgentConfig {
+    /// The kind as written; [`AgentConfig::kind`] reads it.
     pub kind: String,
+    /// The kind's own settings, checked by the kind.
     #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+/// The agent kinds: the one list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentKind {
+    /// The built-in simulator.
+    Sim,
+    /// An OpenAI-compatible upstream.
+    OpenAi,
+    /// A local program.
+    Command,
+    /// An endpoint of the user's application.
+    Http,
+    /// A worker that publishes the events.
+    Push,
+}
+
+impl AgentKind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [AgentKind; 5] = [
+        AgentKind::Sim,
+        AgentKind::OpenAi,
+        AgentKind::Command,
+        AgentKind::Http,
+        AgentKind::Push,
+    ];
+
+    /// The kind as a config names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentKind::Sim => "sim",
+            AgentKind::OpenAi => "openai",
+            AgentKind::Command => "command",
+            AgentKind::Http => "http",
+            AgentKind::Push => "push",
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The kind of agent `name`, or why it names none.
+    pub fn kind(&self, name: &str) -> Result<AgentKind, ConfigError> {
+        AgentKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == self.kind)
+            .ok_or_else(|| {
+                let known: Vec<&str> = AgentKind::ALL.iter().map(|k| k.name()).collect();
+                ConfigError::Invalid(format!(
+                    "agents.{name}: unknown kind `{}` (expected one of {})",
+                    self.kind,
+                    known.join(", ")
+                ))
+            })
+    }
 }
 
 /// `[hub]`: where run logs live.
@@ -216,8 +272,6 @@ impl Default for WebhooksConfig {
     }
 }
 
-/// The agent kinds a config may name.
-const KNOWN_KINDS: &[&str] = &["sim", "openai", "command", "http", "push"];
 /// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
 const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub", "webhooks"];
 /// Keys whose values stay strings even when they look like numbers.
@@ -293,13 +347,7 @@ impl Config {
             }
         }
         for (name, agent) in &self.agents {
-            if !KNOWN_KINDS.contains(&agent.kind.as_str()) {
-                return invalid(format!(
-                    "agents.{name}: unknown kind `{}` (expected one of {})",
-                    agent.kind,
-                    KNOWN_KINDS.join(", ")
-                ));
-            }
+            agent.kind(name)?;
         }
         if !["memory", "redis"].contains(&self.hub.backend.as_str()) {
             return invalid(format!(

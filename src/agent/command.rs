@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::{lines, utf8, Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
-use crate::config::ConfigError;
+use crate::config::{AgentKind, ConfigError};
 
 /// How many of the last stderr lines a failed run's error carries.
 const STDERR_TAIL: usize = 10;
@@ -150,8 +150,8 @@ fn resolve(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
 }
 
 impl Agent for Command {
-    fn kind(&self) -> &'static str {
-        "command"
+    fn kind(&self) -> AgentKind {
+        AgentKind::Command
     }
 
     fn params(&self) -> &[ParamSpec] {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, AgentKind, ConfigError};
 
 /// A run's parameters: JSON values from `POST /api/runs`, or strings from the
 /// one-shot route's query string.
@@ -168,8 +168,8 @@ pub fn conversation(prompt: Option<String>, messages: Vec<Message>) -> (String, 
 /// a bad one is answered with `400` before any run exists) and returns the
 /// lazy stream that the hub drives. Dropping the stream must stop the work.
 pub trait Agent: Send + Sync + 'static {
-    /// The agent's kind as written in the config (`sim`, `openai`, `command`).
-    fn kind(&self) -> &'static str;
+    /// The agent's kind.
+    fn kind(&self) -> AgentKind;
     /// The model the agent talks to, if any.
     fn model(&self) -> Option<&str> {
         None
@@ -232,22 +232,17 @@ impl Agents {
         by_name.insert("push".to_owned(), Arc::new(push::Push::default()));
         for (name, config) in agents {
             let settings = config.settings.clone();
-            let agent: Arc<dyn Agent> = match config.kind.as_str() {
-                "sim" if settings.is_empty() => Arc::new(sim::Sim),
-                "sim" => {
+            let agent: Arc<dyn Agent> = match config.kind(name)? {
+                AgentKind::Sim if settings.is_empty() => Arc::new(sim::Sim),
+                AgentKind::Sim => {
                     return Err(ConfigError::Invalid(format!(
                         "agents.{name}: the sim agent takes no settings"
                     )))
                 }
-                "openai" => Arc::new(openai::OpenAi::from_settings(name, settings)?),
-                "command" => Arc::new(command::Command::from_settings(name, settings)?),
-                "http" => Arc::new(http::Http::from_settings(name, settings)?),
-                "push" => Arc::new(push::Push::from_settings(name, settings)?),
-                other => {
-                    return Err(ConfigError::Invalid(format!(
-                    "agents.{name}: unknown kind `{other}` (expected sim, openai, command, http or push)"
-                )))
-                }
+                AgentKind::OpenAi => Arc::new(openai::OpenAi::from_settings(name, settings)?),
+                AgentKind::Command => Arc::new(command::Command::from_settings(name, settings)?),
+                AgentKind::Http => Arc::new(http::Http::from_settings(name, settings)?),
+                AgentKind::Push => Arc::new(push::Push::from_settings(name, settings)?),
             };
             by_name.insert(name.clone(), agent);
         }

@@ -18,7 +18,7 @@ use super::upstream::{self, error_message, excerpt, relay_body, Deadlines, Reade
 use super::{
     Agent, AgentEvent, AgentStream, Message, ParamError, ParamSpec, Params, Role, RunInput,
 };
-use crate::config::ConfigError;
+use crate::config::{AgentKind, ConfigError};
 
 /// Parameters a run may set when the config does not list its own.
 const DEFAULT_ALLOWED: &[&str] = &["temperature", "top_p", "max_tokens", "stop", "seed"];
@@ -151,8 +151,8 @@ fn param_value(value: &Value) -> Value {
 }
 
 impl Agent for OpenAi {
-    fn kind(&self) -> &'static str {
-        "openai"
+    fn kind(&self) -> AgentKind {
+        AgentKind::OpenAi
     }
 
     fn model(&self) -> Option<&str> {

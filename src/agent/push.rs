@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
-use crate::config::ConfigError;
+use crate::config::{AgentKind, ConfigError};
 
 /// `idle_timeout_secs` when a push agent does not set it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,8 +64,8 @@ impl Push {
 }
 
 impl Agent for Push {
-    fn kind(&self) -> &'static str {
-        "push"
+    fn kind(&self) -> AgentKind {
+        AgentKind::Push
     }
 
     fn params(&self) -> &[ParamSpec] {

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::{
     reject_unknown, Agent, AgentEvent, AgentStream, ParamError, ParamSpec, Params, RunInput,
 };
+use crate::config::AgentKind;
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::fixed("tokens", "number of token events, 1..=100000 (default 48)"),
@@ -124,8 +125,8 @@ pub fn token(seed: u64, index: u64) -> String {
 }
 
 impl Agent for Sim {
-    fn kind(&self) -> &'static str {
-        "sim"
+    fn kind(&self) -> AgentKind {
+        AgentKind::Sim
     }
 
     fn params(&self) -> &[ParamSpec] {

@@ -21,6 +21,7 @@ use super::stream::stream_run;
 use super::AppState;
 use crate::agent::{Message, Params, Role};
 use crate::auth::Caller;
+use crate::config::AgentKind;
 use crate::hub::{Resume, RunId, RunSnapshot};
 use crate::wire::{openai, sse, Event, Format};
 
@@ -64,7 +65,7 @@ pub async fn chat_completions(
     };
     let messages = messages(&request)?;
     let accepted: Vec<&str> = agent.params().iter().map(|p| p.name.as_ref()).collect();
-    let params = params(&request, &accepted, agent.kind() == "sim");
+    let params = params(&request, &accepted, agent.kind() == AgentKind::Sim);
     let stream = match request.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(stream)) => *stream,

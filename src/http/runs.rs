@@ -178,7 +178,7 @@ pub async fn agents(State(state): State<AppState>) -> Json<Value> {
                 .iter()
                 .map(|p| (p.name.to_string(), Value::from(p.description.as_ref())))
                 .collect();
-            json!({"name": name, "kind": agent.kind(), "model": agent.model(), "params": params})
+            json!({"name": name, "kind": agent.kind().name(), "model": agent.model(), "params": params})
         })
         .collect();
     Json(json!({ "agents": agents }))

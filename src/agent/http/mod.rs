@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::upstream::{self, relay_body, Deadlines, Timeouts};
 use super::{openai, Agent, AgentEvent, AgentStream, ParamError, ParamSpec, RunInput};
-use crate::config::ConfigError;
+use crate::config::{AgentKind, ConfigError};
 use crate::webhooks::signing::SigningSecret;
 use answer::{Ndjson, Sse, Text, UiMessages};
 
@@ -213,8 +213,8 @@ impl Http {
 }
 
 impl Agent for Http {
-    fn kind(&self) -> &'static str {
-        "http"
+    fn kind(&self) -> AgentKind {
+        AgentKind::Http
     }
 
     fn params(&self) -> &[ParamSpec] {
