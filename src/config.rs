@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::webhooks::settings::Settings;
+pub use crate::webhooks::settings::WebhooksConfig;
+
 /// A configuration that cannot be used, with a message for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -239,39 +242,6 @@ impl Default for HubConfig {
     }
 }
 
-/// `[webhooks]`: a signed `run.finished` POST when a run made with a
-/// `webhook_url` ends (SPEC 13). Off until `secret` is set.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebhooksConfig {
-    /// The Standard Webhooks secret, `whsec_` and base64.
-    pub secret: Option<String>,
-    /// A run's `webhook_url` must lie under one of these (same scheme, host
-    /// and port; path under the prefix's path).
-    pub allowed_urls: Vec<String>,
-    /// How long one attempt waits for an answer.
-    pub timeout_secs: u64,
-    /// The waits between attempts; after the last one the delivery fails.
-    pub retry_secs: Vec<u64>,
-    /// Attempts in flight at once on this node, at most.
-    pub max_concurrent: usize,
-    /// How long finished deliveries stay listed.
-    pub keep_secs: u64,
-}
-
-impl Default for WebhooksConfig {
-    fn default() -> Self {
-        Self {
-            secret: None,
-            allowed_urls: Vec::new(),
-            timeout_secs: 10,
-            retry_secs: vec![5, 30, 120, 600, 1800, 3600],
-            max_concurrent: 64,
-            keep_secs: 7 * 24 * 3600,
-        }
-    }
-}
-
 /// Sections whose keys `SLUICE_<SECTION>_<KEY>` may set.
 const ENV_SECTIONS: &[&str] = &["server", "runs", "auth", "hub", "webhooks"];
 /// Keys whose values stay strings even when they look like numbers.
@@ -358,7 +328,7 @@ impl Config {
         if self.hub.lease_secs == 0 {
             return invalid("hub.lease_secs must be at least 1".into());
         }
-        crate::webhooks::Settings::from_config(&self.webhooks)?;
+        Settings::from_config(&self.webhooks).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -550,9 +520,7 @@ mod tests {
     #[test]
     fn webhooks_are_off_without_a_secret_and_checked_with_one() {
         let off = Config::from_toml("", env(&[])).unwrap();
-        assert!(crate::webhooks::Settings::from_config(&off.webhooks)
-            .unwrap()
-            .is_none());
+        assert!(Settings::from_config(&off.webhooks).unwrap().is_none());
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let on = Config::from_toml(
             "",
@@ -568,9 +536,7 @@ mod tests {
         .unwrap();
         assert_eq!(on.webhooks.allowed_urls.len(), 2);
         assert_eq!(on.webhooks.retry_secs, vec![1, 2, 3]);
-        let settings = crate::webhooks::Settings::from_config(&on.webhooks)
-            .unwrap()
-            .unwrap();
+        let settings = Settings::from_config(&on.webhooks).unwrap().unwrap();
         assert!(settings.allowed.check("https://a.example/hooks/1").is_ok());
         for bad in [
             format!("[webhooks]\nsecret = \"{secret}\""),

@@ -13,6 +13,7 @@
 
 pub mod redis;
 pub mod send;
+pub mod settings;
 pub mod signing;
 pub mod store;
 pub mod urls;
@@ -24,77 +25,11 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::config::{Config, ConfigError, WebhooksConfig};
+use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubError, RunId, RunStatus, Viewer};
 use crate::metrics::Metrics;
-use signing::SigningSecret;
+pub use settings::{Settings, WebhooksConfig};
 use store::{Delivery, Expected, NewDelivery, RetryRefused, Status, Store, StoreError};
-use urls::AllowedUrls;
-
-/// `[webhooks]`, checked: present only when a secret is set.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub secret: SigningSecret,
-    pub allowed: AllowedUrls,
-    pub timeout: Duration,
-    pub retry_secs: Vec<u64>,
-    pub max_concurrent: usize,
-    pub keep: Duration,
-}
-
-impl Settings {
-    /// The settings of `config`, `None` when webhooks are off (no secret).
-    pub fn from_config(config: &WebhooksConfig) -> Result<Option<Self>, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid(message);
-        let Some(secret) = config.secret.as_deref().filter(|s| !s.trim().is_empty()) else {
-            return Ok(None);
-        };
-        let secret =
-            SigningSecret::parse(secret).map_err(|e| invalid(format!("webhooks.secret: {e}")))?;
-        if config.allowed_urls.is_empty() {
-            return Err(invalid(
-                "webhooks.allowed_urls must list at least one URL prefix when webhooks.secret is set"
-                    .into(),
-            ));
-        }
-        let allowed = AllowedUrls::parse(&config.allowed_urls).map_err(invalid)?;
-        if config.timeout_secs == 0 || config.max_concurrent == 0 {
-            return Err(invalid(
-                "webhooks.timeout_secs and webhooks.max_concurrent must be at least 1".into(),
-            ));
-        }
-        // Bounds that keep every sum of them, and Redis's expiries, in range.
-        const HOUR: u64 = 3600;
-        const YEAR: u64 = 365 * 24 * HOUR;
-        if config.timeout_secs > HOUR
-            || config.keep_secs > YEAR
-            || config.retry_secs.len() > 100
-            || config.retry_secs.iter().any(|wait| *wait > 30 * 24 * HOUR)
-        {
-            return Err(invalid(
-                "webhooks: timeout_secs is at most 3600, keep_secs at most a year, retry_secs at most 100 waits of at most 30 days".into(),
-            ));
-        }
-        Ok(Some(Self {
-            secret,
-            allowed,
-            timeout: Duration::from_secs(config.timeout_secs),
-            retry_secs: config.retry_secs.clone(),
-            max_concurrent: config.max_concurrent,
-            keep: Duration::from_secs(config.keep_secs.max(1)),
-        }))
-    }
-}
-
-impl Settings {
-    /// The longest a delivery lives: every attempt and wait of its
-    /// schedule, then its keeping.
-    pub fn lifetime(&self) -> Duration {
-        let waits: u64 = self.retry_secs.iter().sum();
-        let attempts = self.retry_secs.len() as u32 + 1;
-        Duration::from_secs(waits) + self.timeout * attempts + self.keep
-    }
-}
 
 /// Why a `webhook_url` cannot be used: webhooks are off, or the URL is refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -136,7 +71,9 @@ impl Webhooks {
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let Some(settings) = Settings::from_config(&config.webhooks)? else {
+        let Some(settings) =
+            Settings::from_config(&config.webhooks).map_err(ConfigError::Invalid)?
+        else {
             return Ok(Self::default());
         };
         let store = redis::RedisStore::connect(&config.hub.url, settings.lifetime())
@@ -157,7 +94,9 @@ impl Webhooks {
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let Some(settings) = Settings::from_config(&config.webhooks)? else {
+        let Some(settings) =
+            Settings::from_config(&config.webhooks).map_err(ConfigError::Invalid)?
+        else {
             return Ok(Self::default());
         };
         let store = Arc::new(store::MemoryStore::default());
