@@ -70,14 +70,19 @@ pub enum Scope {
 /// Why credentials were refused: the message of the `401`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No key, cookie or token came, though keys are configured.
     #[error("this API needs a key: send Authorization: Bearer <key> or X-API-Key: <key>")]
     Missing,
+    /// A key that matches none configured.
     #[error("the API key is not valid")]
     BadKey,
+    /// A token that is forged, malformed, of the wrong kind or of a removed key.
     #[error("the token is not valid")]
     BadToken,
+    /// A genuine token past its expiry: the client should ask for a new one.
     #[error("the token has expired")]
     Expired,
+    /// A session cookie that is expired or not genuine: the user signs in again.
     #[error("the session has expired or is not valid; sign in again")]
     BadSession,
 }

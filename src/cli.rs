@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
+    /// What to do: serve, or load-test an endpoint.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// What the binary can do; each variant's doc is its line in `sluice --help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API and the dashboard.
@@ -23,6 +25,7 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+/// `sluice bench`'s options, which `main` turns into a [`crate::bench::Plan`].
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The SSE URL to open (http://).
@@ -45,6 +48,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `sluice serve`'s options: the config file to load, and what only the command line sets.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on; overrides SLUICE_BIND and the config file.
@@ -74,6 +78,10 @@ pub struct ServeArgs {
 }
 
 /// How log lines are written.
+// No doc comments on the variants: clap would show them as help for each
+// possible value and switch `serve --help` to its long layout, while
+// `--log-format`'s own help already says what text and json are for.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

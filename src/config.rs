@@ -18,11 +18,15 @@ pub use crate::webhooks::settings::WebhooksConfig;
 /// A configuration that cannot be used, with a message for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file named on the command line could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file, as given, so the operator sees which one.
         path: String,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// A key is unknown, malformed or out of range; the message names it.
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -31,11 +35,17 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: the listener and its limits.
     pub server: ServerConfig,
+    /// `[runs]`: retention and cancellation of runs.
     pub runs: RunsConfig,
+    /// `[auth]`: who may call the API.
     pub auth: AuthConfig,
+    /// `[agents.NAME]`: the agents served besides the built-in `sim` and `push`.
     pub agents: BTreeMap<String, AgentConfig>,
+    /// `[hub]`: in-process run logs, or Redis shared by several nodes.
     pub hub: HubConfig,
+    /// `[webhooks]`: where and how run webhooks are sent.
     pub webhooks: WebhooksConfig,
 }
 
@@ -43,6 +53,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// The address to listen on; a non-loopback one needs API keys or `--allow-anonymous`.
     pub bind: String,
     /// Seconds without an event after which a `: keep-alive` comment is sent,
     /// so proxies and load balancers do not close a quiet stream.
@@ -50,8 +61,11 @@ pub struct ServerConfig {
     /// How long SIGINT/SIGTERM waits for streams to finish before it tells
     /// the rest to reconnect and exits.
     pub shutdown_grace_secs: u64,
+    /// Open SSE responses beyond which new ones get `503` with `Retry-After`.
     pub max_streams: usize,
+    /// Runs going at once beyond which starting another gets `503`.
     pub max_running: usize,
+    /// Request bodies larger than this get `413`.
     pub max_body_bytes: usize,
     /// Origins allowed to call the API from a page of theirs (CORS, with
     /// credentials); empty: none, the default.
@@ -62,6 +76,7 @@ pub struct ServerConfig {
     /// The largest request head (request line and headers) read; beyond:
     /// 431. URLs longer than `max_url_bytes` get 414.
     pub max_header_bytes: usize,
+    /// URLs longer than this get `414 uri_too_long`.
     pub max_url_bytes: usize,
 }
 
@@ -86,9 +101,14 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunsConfig {
+    /// How long a finished run's events stay readable (resume, replay, snapshot).
     pub retention_secs: u64,
+    /// When all retained runs exceed this, the runs that finished first are evicted.
     pub retention_bytes: u64,
+    /// How long a one-shot run (or one created with `cancel_on_disconnect`) may
+    /// go without a viewer before it is cancelled.
     pub disconnect_grace_secs: u64,
+    /// Prompts larger than this get `413`.
     pub max_prompt_bytes: usize,
     /// A run still going after this long ends with `error` `run_timeout`; 0: no limit.
     pub max_run_secs: u64,
@@ -110,8 +130,11 @@ impl Default for RunsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Runs a key may start per minute, in bursts up to this many (`429` beyond); 0: no limit.
     pub runs_per_minute: u64,
+    /// Runs of one key going at once beyond which it gets `429`; 0: no limit.
     pub max_running_per_key: u64,
+    /// `[[auth.keys]]`: with any key configured, every `/api/` route needs credentials.
     pub keys: Vec<KeyConfig>,
     /// Signs session cookies and access tokens; drawn at random at startup
     /// when unset. Set the same one on every node that shares a hub.
@@ -154,8 +177,11 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KeyConfig {
+    /// Owns the runs started with this key and identifies it in tokens; unique, required.
     pub name: String,
+    /// The secret itself; give this or `key_sha256`, not both.
     pub key: Option<String>,
+    /// The secret's SHA-256 in hex, so the file need not hold the secret.
     pub key_sha256: Option<String>,
 }
 
@@ -227,8 +253,11 @@ impl AgentConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
+    /// `memory` (one process) or `redis` (several nodes sharing runs).
     pub backend: String,
+    /// The Redis URL, used when `backend` is `redis`.
     pub url: String,
+    /// How long after a node stops renewing its lease its runs end with `node_lost`.
     pub lease_secs: u64,
 }
 
@@ -342,20 +371,24 @@ impl Config {
         })
     }
 
+    /// `server.keep_alive_secs`, as the SSE keep-alive interval.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.server.keep_alive_secs)
     }
 
+    /// `server.shutdown_grace_secs`, as the wait for streams at shutdown.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
     }
 }
 
 impl RunsConfig {
+    /// `retention_secs`, as how long a finished run is kept.
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_secs)
     }
 
+    /// `disconnect_grace_secs`, as how long a run may go unwatched.
     pub fn disconnect_grace(&self) -> Duration {
         Duration::from_secs(self.disconnect_grace_secs)
     }

@@ -13,10 +13,23 @@ use tokio_rustls::TlsAcceptor;
 /// Why the certificate or key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The `--tls-cert` file is unreadable, not PEM, or holds no certificate.
     #[error("cannot read the certificate chain {path}: {message}")]
-    Cert { path: String, message: String },
+    Cert {
+        /// The file, as given, so the operator sees which one.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The `--tls-key` file is unreadable or holds no supported private key.
     #[error("cannot read the private key {path}: {message}")]
-    Key { path: String, message: String },
+    Key {
+        /// The file, as given, so the operator sees which one.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Both files read, but rustls refuses them together (such as a key of another certificate).
     #[error("the certificate and key do not make a TLS configuration: {0}")]
     Config(String),
 }

@@ -38,15 +38,27 @@ pub enum AgentEvent {
     Token(String),
     /// Any other named event (`reasoning`, `tool_call`, …) with JSON data.
     /// Names that are not valid SSE event names are replaced by `agent_event`.
-    Other { name: String, data: Value },
+    Other {
+        /// The SSE `event:` name clients dispatch on.
+        name: String,
+        /// The event's payload, sent as its `data:` line.
+        data: Value,
+    },
     /// The run finished; `usage` gets `output_tokens` counted by Sluice when
     /// the agent does not report it.
     Done {
+        /// Why it stopped (`stop`, `length`, `tool_calls`, …), shown to clients.
         finish_reason: String,
+        /// Token counts as the agent reports them, sent to clients with `done`.
         usage: Map<String, Value>,
     },
     /// The run failed; `code` is snake_case, `message` the agent's own words.
-    Error { code: String, message: String },
+    Error {
+        /// A stable snake_case code clients can match on.
+        code: String,
+        /// What went wrong, for a person.
+        message: String,
+    },
 }
 
 impl AgentEvent {
@@ -75,7 +87,9 @@ impl AgentEvent {
 /// A parameter an agent accepts, as listed by `GET /api/agents`.
 #[derive(Debug, Clone)]
 pub struct ParamSpec {
+    /// The key a run passes it under; any other key is refused.
     pub name: Cow<'static, str>,
+    /// What it does, shown to users choosing parameters.
     pub description: Cow<'static, str>,
 }
 
@@ -93,11 +107,14 @@ impl ParamSpec {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("parameter `{param}`: {message}")]
 pub struct ParamError {
+    /// The parameter at fault, so the client knows which to fix.
     pub param: String,
+    /// What is wrong with it and what would be accepted.
     pub message: String,
 }
 
 impl ParamError {
+    /// The error for parameter `param`.
     pub fn new(param: &str, message: impl Into<String>) -> Self {
         Self {
             param: param.to_owned(),
@@ -109,8 +126,11 @@ impl ParamError {
 /// The request an agent runs: what the client asked for, and the run's id.
 #[derive(Debug, Clone)]
 pub struct RunInput {
+    /// The run's id, passed on so an agent's logs and calls can name the run.
     pub run_id: String,
+    /// The user's prompt: the client's, or the last user message's text.
     pub prompt: String,
+    /// The run's parameters, for the agent to check against its [`ParamSpec`]s.
     pub params: Params,
     /// The conversation, never empty: the client's `messages`, or the
     /// prompt as the one user message.
@@ -128,8 +148,11 @@ pub const MAX_MESSAGES: usize = 1000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Instructions that frame the conversation.
     System,
+    /// What the person asked.
     User,
+    /// What a model answered earlier.
     Assistant,
 }
 
@@ -137,7 +160,9 @@ pub enum Role {
 /// client sends with it (`name`, …) are ignored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
+    /// Who said it.
     pub role: Role,
+    /// What was said, as plain text.
     pub content: String,
 }
 

@@ -116,11 +116,19 @@ pub enum Refused {
     /// The producer says it had published more than the run holds: events
     /// in between were lost, and appending would leave a gap.
     #[error("the producer's offset {given} is beyond the run's offset {offset}")]
-    OffsetMismatch { given: u64, offset: u64 },
+    OffsetMismatch {
+        /// The offset the producer sent (`Sluice-Offset`).
+        given: u64,
+        /// Events the run holds: where the producer should resume from.
+        offset: u64,
+    },
     /// The run has ended: its terminal event was published, or it was
     /// cancelled or timed out.
     #[error("the run has ended")]
-    Ended { offset: u64 },
+    Ended {
+        /// Events the run holds, reported to the producer with the refusal.
+        offset: u64,
+    },
 }
 
 /// An inbox and the event stream it feeds; the stream ends the run with

@@ -37,7 +37,7 @@ pub struct Sim;
 
 /// A sim run's checked parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SimParams {
+pub(crate) struct SimParams {
     pub tokens: u64,
     pub interval: Duration,
     pub seed: u64,

@@ -23,12 +23,17 @@ const MAX_ERROR_BODY: usize = 8 * 1024;
 pub struct Connection<'a> {
     /// The agent's name, for error messages.
     pub agent: &'a str,
+    /// Sent with every request (an organisation header, a gateway's key), marked sensitive.
     pub headers: &'a BTreeMap<String, String>,
     /// Name of the environment variable holding the key sent as a bearer token.
     pub api_key_env: Option<&'a str>,
+    /// How long reaching the upstream may take, so a dead host fails fast.
     pub connect_timeout_secs: f64,
+    /// How long the upstream may think before its first token (models can be slow to start).
     pub first_token_timeout_secs: f64,
+    /// How long a started stream may go quiet before it counts as stalled.
     pub idle_timeout_secs: f64,
+    /// The most one request may take in all, however steadily it streams.
     pub max_run_secs: f64,
 }
 
@@ -101,8 +106,11 @@ pub fn default_run() -> f64 {
 /// The limits on one upstream request.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// From sending the request to the first token.
     pub first_token: Duration,
+    /// The longest quiet after the first token.
     pub idle: Duration,
+    /// The whole request, however steadily it streams.
     pub run: Duration,
 }
 

@@ -21,20 +21,26 @@ use reader::{Seen, Target};
 /// What to test.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The `http://` SSE endpoint every stream GETs.
     pub url: String,
+    /// Streams to open: the concurrency under test.
     pub streams: usize,
+    /// Time over which the streams are opened evenly, so the server is not hit all at once.
     pub ramp: Duration,
     /// Streams still open this long after the start are closed and count
     /// as ok; `None`: each is read until the server ends it.
     pub duration: Option<Duration>,
+    /// Sent with every request, such as credentials.
     pub headers: Vec<(String, String)>,
 }
 
 /// Why a plan cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// The URL is not an `http://` URL whose host resolves.
     #[error("{0}")]
     Url(String),
+    /// A `--header` that is not a valid `Name: value`.
     #[error("--header `{0}` is not `Name: value`")]
     Header(String),
 }
@@ -174,28 +180,40 @@ pub async fn run(
 /// What a load test measured.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The endpoint tested, so a saved report says what it measured.
     pub url: String,
+    /// Streams opened.
     pub streams: usize,
+    /// Streams that ended cleanly or were still open at the test's end.
     pub ok: usize,
+    /// Streams that failed; any makes `sluice bench` exit non-zero.
     pub failed: usize,
+    /// SSE events read, over all streams.
     pub events: u64,
+    /// Response body bytes read, over all streams.
     pub bytes: u64,
+    /// The test's wall-clock time, the basis of the rates.
     pub elapsed: Duration,
     /// `None` when no stream got an event (or two, for gaps).
     pub first_event: Option<Percentiles>,
+    /// Time between consecutive events of a stream: how smoothly tokens arrive.
     pub gap: Option<Percentiles>,
     /// The server's answers: status codes, and `error` for none.
     pub statuses: BTreeMap<String, usize>,
     /// Failed streams by why.
     pub errors: BTreeMap<String, usize>,
+    /// Source addresses used: several for many streams to a loopback server, past one address's ports.
     pub sources: usize,
 }
 
 /// Milliseconds at p50, p99 and the maximum.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Percentiles {
+    /// The median: what a typical stream saw.
     pub p50: f64,
+    /// The tail: what the unluckiest 1% saw.
     pub p99: f64,
+    /// The worst seen.
     pub max: f64,
 }
 

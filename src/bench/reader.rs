@@ -18,6 +18,7 @@ pub struct Seen {
     pub error: Option<&'static str>,
     /// Events (frames with data) received.
     pub events: u64,
+    /// Body bytes received, frames and keep-alives alike.
     pub bytes: u64,
     /// From sending the request to the first event.
     pub first_event: Option<Duration>,
@@ -38,11 +39,13 @@ impl Seen {
 /// Where and what to request.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Where to connect, resolved once for all streams.
     pub addr: SocketAddr,
     /// `Host` header value.
     pub host: String,
     /// Path and query.
     pub path: String,
+    /// Extra request headers, such as credentials.
     pub headers: Vec<(String, String)>,
 }
 

@@ -16,6 +16,7 @@ pub enum ApiError {
     /// A query or body parameter that is unknown, unparsable or out of range.
     #[error("{0}")]
     InvalidParam(String),
+    /// A run asked for an agent this server does not serve (`400`).
     #[error("{0}")]
     UnknownAgent(String),
     /// A request body that is not the JSON the route expects.
@@ -24,15 +25,24 @@ pub enum ApiError {
     /// A published line that is not an event (SPEC 12).
     #[error("{0}")]
     InvalidEvent(String),
+    /// A body sent as a type the route cannot read (`415`).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A body, prompt or line over its configured limit (`413`).
     #[error("{message}")]
-    TooLarge { code: &'static str, message: String },
+    TooLarge {
+        /// Which limit, such as `body_too_large`.
+        code: &'static str,
+        /// The limit, in words the client can act on.
+        message: String,
+    },
+    /// A URL longer than `server.max_url_bytes` (`414`).
     #[error("{0}")]
     UriTooLong(String),
     /// Missing or bad credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// No such run, or it belongs to another key (`404`, so as not to tell which).
     #[error("unknown run")]
     RunNotFound,
     /// A webhook delivery that does not exist or belongs to another key.
@@ -41,24 +51,33 @@ pub enum ApiError {
     /// `/v1/chat/completions` named a model that is no agent.
     #[error("{0}")]
     ModelNotFound(String),
+    /// A run evicted by retention: it existed, but its events are gone (`410`).
     #[error("the run's events are no longer retained")]
     RunGone,
+    /// A path the API does not have (`404`), as JSON like every other error.
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// A known path called with the wrong method (`405`).
     #[error("method not allowed")]
     MethodNotAllowed,
     /// A per-key limit: `429` with `Retry-After`.
     #[error("{message}")]
     TooMany {
+        /// Which limit, such as `rate_limited`.
         code: &'static str,
+        /// The limit, in words the client can act on.
         message: String,
+        /// When to try again: the `Retry-After` header.
         retry_after_secs: u64,
     },
     /// A capacity limit or an unavailable dependency: `503` with `Retry-After`.
     #[error("{message}")]
     Unavailable {
+        /// Which limit or dependency, such as `hub_unavailable`.
         code: &'static str,
+        /// What is missing, in words the client can act on.
         message: String,
+        /// When to try again: the `Retry-After` header.
         retry_after_secs: u64,
     },
     /// The request conflicts with the run's state (`409`): `details` are
@@ -66,8 +85,11 @@ pub enum ApiError {
     /// `status`.
     #[error("{message}")]
     Conflict {
+        /// Which conflict, such as `offset_mismatch`.
         code: &'static str,
+        /// The conflict, in words the client can act on.
         message: String,
+        /// The run's state the client needs to recover, beside `error`.
         details: serde_json::Map<String, serde_json::Value>,
     },
     /// A bug or an environment failure; details are logged, never sent.
@@ -76,6 +98,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status the error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidParam(_)
@@ -99,6 +122,7 @@ impl ApiError {
         }
     }
 
+    /// The stable `error.code` clients match on (the message may change).
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidParam(_) => "invalid_param",

@@ -21,7 +21,8 @@ struct Bucket {
 }
 
 impl RunRate {
-    pub fn new(per_minute: u64) -> Self {
+    /// A limit of `per_minute` runs per key; 0 turns it off.
+    pub(crate) fn new(per_minute: u64) -> Self {
         Self {
             per_minute,
             buckets: Mutex::new(HashMap::new()),

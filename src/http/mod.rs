@@ -67,15 +67,20 @@ impl std::ops::Deref for AppState {
 /// The gateway's parts, behind [`AppState`].
 #[derive(Clone)]
 pub struct Gateway {
+    /// The runs and their event logs; `main` keeps a clone to shut it down after serving.
     pub hub: Hub,
+    /// The agents runs may name, built once from the config.
     pub agents: Arc<Agents>,
+    /// The checked configuration, read by handlers for their limits.
     pub config: Arc<Config>,
+    /// `server.max_streams`: the open SSE responses, counted.
     pub streams: Arc<StreamSlots>,
     /// Fired near the end of the shutdown grace: every open stream then sends
     /// `retry:` and ends, so that its client reconnects elsewhere or later.
     pub streams_end: CancellationToken,
     /// Where the dashboard's files come from.
     pub web: Arc<WebAssets>,
+    /// What `/metrics` reports; handlers, the hub and webhooks all count into it.
     pub metrics: Arc<Metrics>,
     /// Fired when shutdown begins: `/readyz` then answers 503, so load
     /// balancers stop sending new clients while open streams drain.

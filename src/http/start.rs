@@ -9,12 +9,15 @@ use crate::hub::{RunId, RunMeta};
 
 /// What starting a run needs, from either route.
 pub struct StartRun {
+    /// The agent's name, as the route got it (a `/v1` model is one too).
     pub agent: String,
     /// The prompt; when absent, the last user message's content.
     pub prompt: Option<String>,
     /// The conversation; when empty, the prompt as the one user message.
     pub messages: Vec<Message>,
+    /// The agent's parameters, checked by the agent before the run exists.
     pub params: Params,
+    /// Whether the run stops once nobody has watched it for `disconnect_grace_secs`.
     pub cancel_on_disconnect: bool,
     /// The caller's key: only it will see the run.
     pub owner: Option<String>,

@@ -235,7 +235,7 @@ pub struct StreamSlots {
 }
 
 impl StreamSlots {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             max,

@@ -34,10 +34,12 @@ use store::{Delivery, Expected, NewDelivery, RetryRefused, Status, Store, StoreE
 /// Why a `webhook_url` cannot be used: webhooks are off, or the URL is refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UrlRefused {
+    /// No `webhooks.secret` is set, so nothing could be signed or sent.
     #[error(
         "webhooks are off on this server (no webhooks.secret), so `webhook_url` cannot be used"
     )]
     Off,
+    /// Webhooks are on, but this URL is not one they may go to.
     #[error(transparent)]
     Refused(#[from] urls::Refused),
 }

@@ -51,8 +51,11 @@ impl Status {
 pub struct Delivery {
     /// The `webhook-id` of every attempt.
     pub id: String,
+    /// The run whose end this delivery reports.
     pub run_id: String,
+    /// The receiver, as the run's `webhook_url` gave it.
     pub url: String,
+    /// Whether attempts are still to come, and how it ended.
     pub status: Status,
     /// Attempts made so far.
     pub attempts: u32,
@@ -62,25 +65,35 @@ pub struct Delivery {
     pub last_error: Option<String>,
     /// When the next attempt is due, while pending.
     pub next_attempt_at: Option<String>,
+    /// When the delivery was recorded, as the run ended (RFC 3339).
     pub created_at: String,
 }
 
 /// A delivery to make: the run has ended and this is what to send.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
+    /// The `webhook-id` every attempt sends, so receivers can drop duplicates.
     pub id: String,
+    /// The run that ended; a run gets one delivery at most.
     pub run_id: RunId,
+    /// The key that started the run: only it lists and retries the delivery.
     pub owner: Viewer,
+    /// The receiver.
     pub url: String,
+    /// The JSON sent, the same on every attempt (the signature covers it).
     pub body: Bytes,
+    /// When it is recorded: its `created_at`, and when it is first due.
     pub now_ms: u64,
 }
 
 /// A delivery this node holds for one attempt, until it reports.
 #[derive(Debug, Clone)]
 pub struct Claimed {
+    /// The delivery, to report on.
     pub id: String,
+    /// Where to POST.
     pub url: String,
+    /// What to POST, signed at each attempt.
     pub body: Bytes,
     /// Attempts in the current round of the schedule (a manual retry
     /// starts a new round).
@@ -95,12 +108,18 @@ pub struct Claimed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// A 2xx answer.
-    Delivered { status: u16 },
+    Delivered {
+        /// The receiver's status, shown as `last_status`.
+        status: u16,
+    },
     /// Another answer, or none: retried unless `stop` (a 410) or the
     /// schedule is over.
     Failed {
+        /// The receiver's status, if it answered at all.
         status: Option<u16>,
+        /// What went wrong, shown as `last_error`.
         error: String,
+        /// The receiver asked for no more attempts (410).
         stop: bool,
     },
 }
@@ -110,7 +129,9 @@ pub enum Outcome {
 /// clock: Redis's own for the shared store, so nodes' clocks never matter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Next {
+    /// The delivery's status after the attempt.
     pub status: Status,
+    /// While pending, how long until the next attempt is due.
     pub wait_ms: Option<u64>,
 }
 
@@ -158,8 +179,11 @@ impl From<crate::hub::HubError> for StoreError {
 /// store keeps these, so that a run whose node died still gets its webhook).
 #[derive(Debug, Clone)]
 pub struct Expected {
+    /// The run to watch for its end.
     pub run_id: RunId,
+    /// The key that started it, who will own the delivery.
     pub owner: Viewer,
+    /// The run's `webhook_url`.
     pub url: String,
 }
 

@@ -8,16 +8,22 @@ use reqwest::Url;
 /// Why a URL is refused, for the `400` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    /// Not an absolute URL with a host, so there is nowhere to send to.
     #[error("`webhook_url` is not an absolute URL")]
     NotAUrl,
+    /// Another scheme (`file:`, `ftp:`, …): only HTTP requests are sent.
     #[error("`webhook_url` must be http or https")]
     Scheme,
+    /// Credentials in the URL; `allowed.example@evil.net` would also hide the real host.
     #[error("`webhook_url` may not carry a user name or password")]
     Userinfo,
+    /// A fragment, which is never sent: the URL would not be the one requested.
     #[error("`webhook_url` may not carry a #fragment")]
     Fragment,
+    /// `%2F`, `%5C` or `%2E` in the path, which a receiver may decode to escape the allowed prefix.
     #[error("`webhook_url` may not carry an encoded slash, backslash or dot in its path")]
     EncodedPath,
+    /// Under none of the prefixes the operator allowed.
     #[error("`webhook_url` is not under any of webhooks.allowed_urls")]
     NotAllowed,
 }

@@ -49,6 +49,7 @@ pub struct Chunks {
 }
 
 impl Chunks {
+    /// A renderer for `run`, whose id becomes the message's `messageId`.
     pub fn new(run: &RunHead) -> Self {
         Self {
             run_id: run.run_id.clone(),

@@ -85,6 +85,7 @@ impl fmt::Display for Format {
 /// What a format needs to know of a run beyond its events.
 #[derive(Debug, Clone)]
 pub struct RunHead {
+    /// The run's id: the SSE `id:` prefix, and the base of the formats' own message ids.
     pub run_id: String,
     /// The agent's model, or its name when it has none.
     pub model: String,
@@ -95,7 +96,9 @@ pub struct RunHead {
 /// One logged run event, as a renderer reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
+    /// The event's number in its run: what `Last-Event-ID` resumes after.
     pub seq: u64,
+    /// The SSE event name (`token`, `done`, …) that picks how it is rendered.
     pub name: &'a str,
     /// The event's data: compact JSON.
     pub data: &'a str,

@@ -29,6 +29,7 @@ pub struct Chunks {
 }
 
 impl Chunks {
+    /// A renderer for `run`, whose id and model every chunk carries.
     pub fn new(run: &RunHead) -> Self {
         let head = json!({
             "id": completion_id(&run.run_id),

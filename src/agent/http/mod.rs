@@ -32,7 +32,7 @@ const ACCEPTED: &str = "text/event-stream, application/x-ndjson, text/plain";
 /// How the answer is read (SPEC 10's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Format {
+pub(crate) enum Format {
     /// Decided from the response's headers (and, for SSE, its first event).
     Auto,
     Ndjson,
@@ -45,7 +45,7 @@ pub enum Format {
 /// What a `POST` carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BodyKind {
+pub(crate) enum BodyKind {
     /// `{"run_id", "prompt", "params", "messages", "request"}`.
     Sluice,
     /// The body of the `/api/chat` or `/v1/chat/completions` call that
