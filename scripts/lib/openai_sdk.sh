@@ -1,11 +1,11 @@
 # The official `openai` Python package, for the test that points it at
 # Sluice's OpenAI-compatible front door (tests/clients/openai_sdk.py, run by
-# tests/api/openai_sdk.rs): a client Sluice did not write reads its chunks
+# tests/api/clients/openai_sdk.rs): a client Sluice did not write reads its chunks
 # and its error bodies. The same venv holds a pinned `httpx` (a dependency of
 # openai, pinned here on its own) for the push worker example,
-# examples/push_worker.py, which tests/api/push_workers.rs runs, and a pinned
+# examples/push_worker.py, which tests/api/push/workers.rs runs, and a pinned
 # `standardwebhooks` (no dependencies of its own) for the webhook receiver
-# example, examples/webhook_receiver.py, which tests/api/webhook_receivers.rs
+# example, examples/webhook_receiver.py, which tests/api/webhooks/receivers.rs
 # runs.
 #
 # The virtualenv is cached per machine, outside the checkout, in a folder

@@ -1,5 +1,7 @@
-//! Auth: keys, ownership, access tokens, session cookies; and the abuse table.
+//! SPEC 8, Auth: keys, ownership, access tokens, session cookies, the abuse
+//! table, and `--allow-anonymous` for a public address.
 
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -462,4 +464,49 @@ async fn per_key_rate_and_concurrency_limits_answer_429_then_recover() {
         201,
         "recovered"
     );
+}
+
+#[test]
+fn a_public_address_without_keys_needs_allow_anonymous() {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "it never listened");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-anonymous"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_public_address_with_keys_needs_no_flag_and_asks_for_them() {
+    let served = serve_binary(
+        &["--bind", "0.0.0.0:0"],
+        &[("SLUICE_API_KEYS", "env-secret")],
+    );
+    let port = served.base.rsplit(':').next().unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/agents");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 401);
+    let allowed = reqwest::Client::new()
+        .get(&url)
+        .header("X-API-Key", "env-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+}
+
+#[tokio::test]
+async fn allow_anonymous_serves_a_public_address() {
+    let served = serve_binary(&["--bind", "0.0.0.0:0", "--allow-anonymous"], &[]);
+    assert!(
+        served.base.starts_with("http://0.0.0.0:"),
+        "{}",
+        served.base
+    );
+    let port = served.base.rsplit(':').next().unwrap();
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }

@@ -1,4 +1,4 @@
-//! `sluice bench` (SPEC 14) as a user runs it: the binary, pointed at a
+//! SPEC 14, `sluice bench`, as a user runs it: the binary, pointed at a
 //! running Sluice, at the plainest axum SSE server, and at a server that
 //! refuses and resets connections.
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::helpers::upstream;
 use crate::helpers::*;
-use crate::upstream;
 
 fn chat() -> Value {
     json!([

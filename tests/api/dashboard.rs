@@ -1,9 +1,9 @@
-//! The dashboard's files: embedded in the binary, or read from `--web-dir`.
+//! SPEC 7, The dashboard: its files, embedded in the binary or read from
+//! `--web-dir`, with their types and security headers.
 
 use std::process::Command;
 
 use crate::helpers::*;
-use crate::lifecycle::serve_binary;
 
 #[tokio::test]
 async fn the_dashboard_and_its_files_are_served_with_their_types() {

@@ -1,30 +1,44 @@
 //! End-to-end tests of the HTTP API on real sockets, read with an SSE parser
 //! Sluice did not write (eventsource-stream).
+//!
+//! One module per section of the SPEC; each file's first line names its
+//! section. Shared launch and reading helpers live in `helpers/` only.
+//!
+//! | SPEC section                                   | module                                          |
+//! |------------------------------------------------|-------------------------------------------------|
+//! | 1 Process and CLI (also TLS, JSON logs)        | `cli`                                           |
+//! | 2 Runs and events                              | `runs`                                          |
+//! | 3 HTTP API (also CORS)                         | `http_api` (`routes`, `errors`, `metrics`, `cors`) |
+//! | 4 The built-in `sim` agent                     | `sim`                                           |
+//! | 5 Resume, sharing and disconnects              | `resume`                                        |
+//! | 6 Configuration: startup, agents `openai` and `command`, `[hub]` Redis | `config` (`startup`, `openai_agent`, `real_model`, `command_agent`, `hub`) |
+//! | 7 The dashboard                                | `dashboard`                                     |
+//! | 8 Auth (also `--allow-anonymous`)              | `auth`                                          |
+//! | 9 Conversations: `messages`                    | `conversations`                                 |
+//! | 10 Your own agent over HTTP                    | `http_agent`                                    |
+//! | 11.1 `format` on every SSE route               | `clients::formats`                              |
+//! | 11.2 The OpenAI-compatible front door          | `clients::openai`, `clients::openai_sdk`        |
+//! | 11.3 The AI SDK chat transport                 | `clients::ai_sdk`                               |
+//! | 12 Push runs                                   | `push` (`api`, `workers`)                       |
+//! | 13 Run webhooks                                | `webhooks` (`delivery`, `receivers`, `load`)    |
+//! | 14 `sluice bench`                              | `bench`                                         |
+//!
+//! The shared-hub clauses of sections 5, 12 and 13 (several nodes on one
+//! Redis) are tested in `config::hub`, with the `[hub]` setting of section 6.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
 mod bench;
-mod cluster;
-mod command;
+mod cli;
+mod clients;
+mod config;
 mod conversations;
-mod cors;
 mod dashboard;
-mod errors;
-mod formats;
-mod front_door;
 mod helpers;
 mod http_agent;
-mod lifecycle;
-mod metrics;
-mod openai;
-mod openai_sdk;
+mod http_api;
 mod push;
-mod push_workers;
-mod real_model;
 mod resume;
 mod runs;
-mod streaming;
-mod upstream;
-mod webhook_receivers;
+mod sim;
 mod webhooks;
-mod webhooks_load;

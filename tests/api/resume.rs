@@ -1,7 +1,10 @@
-//! Resume by `Last-Event-ID`: through a cut connection, and the 204/404/410/400 rules.
+//! SPEC 5, Resume, sharing and disconnects: `Last-Event-ID` through a cut
+//! connection and its 204/404/410/400 rules; two subscribers of one run; the
+//! disconnect grace; retention's byte budget.
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -237,4 +240,125 @@ async fn a_cursor_past_the_end_is_204_when_finished_and_400_while_running() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_param");
+}
+
+#[tokio::test]
+async fn two_subscribers_receive_identical_bytes() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 20, "interval_ms": 20}}))
+        .await;
+    let path = format!("/api/runs/{id}/events");
+    let read = |path: String| {
+        let client = app.client.clone();
+        let url = app.url(&path);
+        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
+    };
+    let (a, b) = tokio::join!(read(path.clone()), read(path.clone()));
+    assert!(a.len() > 1000);
+    assert_eq!(a, b);
+    let late = read(path).await;
+    assert_eq!(
+        a, late,
+        "a subscriber after the end gets the same bytes from the first event"
+    );
+}
+
+#[tokio::test]
+async fn a_one_shot_run_is_cancelled_after_the_grace_once_its_client_leaves() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let response = app
+        .get("/api/agent/stream?tokens=1000&interval_ms=20")
+        .await;
+    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    drop(stream);
+    let snapshot = app
+        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
+        .await;
+    assert_eq!(snapshot["status"], "cancelled");
+    let tokens = snapshot["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(tokens < 1000, "the agent stopped early: {tokens}");
+    let events = snapshot["events"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, later) = app.get_json(&format!("/api/runs/{id}")).await;
+    assert_eq!(
+        later["events"].as_u64().unwrap(),
+        events,
+        "nothing is generated after the cancel"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_within_the_grace_keeps_a_one_shot_run_alive() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let response = app.get("/api/agent/stream?tokens=100&interval_ms=30").await;
+    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resumed = app
+        .client
+        .get(app.url("/api/agent/stream"))
+        .header("Last-Event-ID", format!("{id}:1"))
+        .send()
+        .await
+        .unwrap();
+    let events = collect(resumed).await;
+    assert_eq!(events.last().unwrap().data["finish_reason"], "stop");
+    assert_eq!(tokens_of(&events).len(), 100);
+}
+
+#[tokio::test]
+async fn a_posted_run_continues_with_no_subscriber() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let id = app
+        .create_run(json!({"prompt": "alone", "params": {"tokens": 30, "interval_ms": 50}}))
+        .await;
+    let snapshot = app
+        .wait_for_status(&id, "done", Duration::from_secs(10))
+        .await;
+    assert_eq!(snapshot["status"], "done");
+    assert_eq!(snapshot["usage"]["output_tokens"], 30);
+    let expected = app
+        .events("/api/agent/stream?prompt=alone&tokens=30&interval_ms=0")
+        .await;
+    assert_eq!(snapshot["text"], text_of(&expected));
+    assert_eq!(snapshot["events"], 32);
+}
+
+#[tokio::test]
+async fn a_posted_run_with_cancel_on_disconnect_is_cancelled_when_nobody_watches() {
+    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
+    let id = app
+        .create_run(
+            json!({"params": {"tokens": 1000, "interval_ms": 20}, "cancel_on_disconnect": true}),
+        )
+        .await;
+    let snapshot = app
+        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
+        .await;
+    assert_eq!(snapshot["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_byte_budget_evicts_the_oldest_finished_runs_first() {
+    // Each run of 20 tokens is about 2 KB of frames; the budget holds one.
+    let app = spawn_with("[runs]\nretention_bytes = 3000\n").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = app
+            .create_run(json!({"params": {"tokens": 20, "interval_ms": 0}}))
+            .await;
+        app.wait_for_status(&id, "done", Duration::from_secs(5))
+            .await;
+        ids.push(id);
+    }
+    let mut statuses = Vec::new();
+    for id in &ids {
+        statuses.push(app.get(&format!("/api/runs/{id}")).await.status().as_u16());
+    }
+    assert_eq!(statuses, [410, 410, 200]);
 }

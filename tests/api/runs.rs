@@ -1,367 +1,61 @@
-//! Runs as resources: create, share, cancel, disconnect grace, retention, listing.
+//! SPEC 2, Runs and events: the one-shot route's event order, ids and
+//! headers; the `run` event first, before any token is due.
 
 use std::time::Duration;
-
-use futures::StreamExt;
-use serde_json::json;
 
 use crate::helpers::*;
 
 #[tokio::test]
-async fn post_creates_a_run_with_location_and_a_relative_events_url() {
+async fn one_shot_streams_run_tokens_and_done_with_ids_and_headers() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/api/runs"))
-        .json(&json!({"agent": "sim", "prompt": "hi", "params": {"tokens": 3}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let body: serde_json::Value = response.json().await.unwrap();
-    let id = body["id"].as_str().unwrap();
-    assert_eq!(body["status"], "running");
-    assert_eq!(location, format!("/api/runs/{id}"));
-    assert_eq!(body["events_url"], format!("/api/runs/{id}/events"));
-    let events = app.events(body["events_url"].as_str().unwrap()).await;
-    assert_eq!(tokens_of(&events).len(), 3);
-}
-
-#[tokio::test]
-async fn two_subscribers_receive_identical_bytes() {
-    let app = spawn_app().await;
-    let id = app
-        .create_run(json!({"params": {"tokens": 20, "interval_ms": 20}}))
+        .get("/api/agent/stream?prompt=hello&tokens=5&interval_ms=0")
         .await;
-    let path = format!("/api/runs/{id}/events");
-    let read = |path: String| {
-        let client = app.client.clone();
-        let url = app.url(&path);
-        async move { client.get(url).send().await.unwrap().bytes().await.unwrap() }
-    };
-    let (a, b) = tokio::join!(read(path.clone()), read(path.clone()));
-    assert!(a.len() > 1000);
-    assert_eq!(a, b);
-    let late = read(path).await;
-    assert_eq!(
-        a, late,
-        "a subscriber after the end gets the same bytes from the first event"
-    );
-}
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["cache-control"], "no-cache");
+    assert_eq!(headers["x-accel-buffering"], "no");
+    assert!(headers.get("content-encoding").is_none());
+    let run_id = headers["x-run-id"].to_str().unwrap().to_owned();
+    let events = collect(response).await;
 
-#[tokio::test]
-async fn delete_cancels_a_running_run_and_subscribers_get_done_cancelled() {
-    let app = spawn_app().await;
-    let id = app
-        .create_run(json!({"params": {"tokens": 1000, "interval_ms": 20}}))
-        .await;
-    let response = app.get(&format!("/api/runs/{id}/events")).await;
-    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
-    let mut events = Vec::new();
-    while events.len() < 3 {
-        events.push(parse(stream.next().await.unwrap().unwrap()));
-    }
-    let deleted = app.delete(&format!("/api/runs/{id}")).await;
-    assert_eq!(deleted.status(), 202);
-    let body: serde_json::Value = deleted.json().await.unwrap();
-    assert_eq!(body["status"], "cancelled");
-    while let Some(Ok(event)) = stream.next().await {
-        events.push(parse(event));
-    }
-    assert_contiguous(&events, 1);
-    let last = events.last().unwrap();
-    assert_eq!(last.event, "done");
-    assert_eq!(last.data["finish_reason"], "cancelled");
-    assert!(tokens_of(&events).len() < 1000);
-    assert_eq!(
-        last.data["usage"]["output_tokens"],
-        tokens_of(&events).len() as u64
-    );
-
-    let again = app.delete(&format!("/api/runs/{id}")).await;
-    assert_eq!(again.status(), 200, "already finished");
-    let (_, snapshot) = app.get_json(&format!("/api/runs/{id}")).await;
-    assert_eq!(snapshot["status"], "cancelled");
-    assert!(snapshot["finished_at"].is_string());
-}
-
-#[tokio::test]
-async fn a_run_cancelled_before_its_first_token_has_a_null_ttft() {
-    let app = spawn_app().await;
-    let id = app
-        .create_run(json!({"params": {"tokens": 5, "interval_ms": 60000}}))
-        .await;
-    let response = app.get(&format!("/api/runs/{id}/events")).await;
-    let reader = tokio::spawn(collect(response));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let deleted = app.delete(&format!("/api/runs/{id}")).await;
-    assert_eq!(deleted.status(), 202);
-    let events = reader.await.unwrap();
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(names, ["run", "done"]);
-    assert_eq!(events[1].data["finish_reason"], "cancelled");
-    assert!(events[1].data["ttft_ms"].is_null());
-    assert_eq!(events[1].data["usage"]["output_tokens"], 0);
-}
-
-#[tokio::test]
-async fn a_one_shot_run_is_cancelled_after_the_grace_once_its_client_leaves() {
-    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
-    let response = app
-        .get("/api/agent/stream?tokens=1000&interval_ms=20")
-        .await;
-    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
-    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
-    for _ in 0..3 {
-        stream.next().await.unwrap().unwrap();
-    }
-    drop(stream);
-    let snapshot = app
-        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
-        .await;
-    assert_eq!(snapshot["status"], "cancelled");
-    let tokens = snapshot["usage"]["output_tokens"].as_u64().unwrap();
-    assert!(tokens < 1000, "the agent stopped early: {tokens}");
-    let events = snapshot["events"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, later) = app.get_json(&format!("/api/runs/{id}")).await;
     assert_eq!(
-        later["events"].as_u64().unwrap(),
-        events,
-        "nothing is generated after the cancel"
+        names,
+        ["run", "token", "token", "token", "token", "token", "done"]
     );
+    assert_eq!(assert_contiguous(&events, 1), run_id);
+    assert_eq!(run_id.len(), 32);
+    assert!(run_id.bytes().all(|b| b.is_ascii_alphanumeric()));
+
+    let run = &events[0].data;
+    assert_eq!(run["run_id"], run_id.as_str());
+    assert_eq!(run["agent"], "sim");
+    let created = run["created_at"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(created).is_ok(), "{created}");
+
+    let done = &events[6].data;
+    assert_eq!(done["finish_reason"], "stop");
+    assert_eq!(done["usage"]["output_tokens"], 5);
+    assert!(done["ttft_ms"].as_f64().is_some());
+    assert!(done["duration_ms"].as_f64().is_some());
+    for token in &events[1..6] {
+        let text = token.data["text"].as_str().unwrap();
+        assert!(text.starts_with(' ') && text.len() > 1, "{text:?}");
+    }
 }
 
 #[tokio::test]
-async fn a_reconnect_within_the_grace_keeps_a_one_shot_run_alive() {
-    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
-    let response = app.get("/api/agent/stream?tokens=100&interval_ms=30").await;
-    let id = response.headers()["x-run-id"].to_str().unwrap().to_owned();
-    drop(response);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let resumed = app
-        .client
-        .get(app.url("/api/agent/stream"))
-        .header("Last-Event-ID", format!("{id}:1"))
-        .send()
-        .await
-        .unwrap();
-    let events = collect(resumed).await;
-    assert_eq!(events.last().unwrap().data["finish_reason"], "stop");
-    assert_eq!(tokens_of(&events).len(), 100);
-}
-
-#[tokio::test]
-async fn a_posted_run_continues_with_no_subscriber() {
-    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
-    let id = app
-        .create_run(json!({"prompt": "alone", "params": {"tokens": 30, "interval_ms": 50}}))
-        .await;
-    let snapshot = app
-        .wait_for_status(&id, "done", Duration::from_secs(10))
-        .await;
-    assert_eq!(snapshot["status"], "done");
-    assert_eq!(snapshot["usage"]["output_tokens"], 30);
-    let expected = app
-        .events("/api/agent/stream?prompt=alone&tokens=30&interval_ms=0")
-        .await;
-    assert_eq!(snapshot["text"], text_of(&expected));
-    assert_eq!(snapshot["events"], 32);
-}
-
-#[tokio::test]
-async fn a_posted_run_with_cancel_on_disconnect_is_cancelled_when_nobody_watches() {
-    let app = spawn_with("[runs]\ndisconnect_grace_secs = 1\n").await;
-    let id = app
-        .create_run(
-            json!({"params": {"tokens": 1000, "interval_ms": 20}, "cancel_on_disconnect": true}),
-        )
-        .await;
-    let snapshot = app
-        .wait_for_status(&id, "cancelled", Duration::from_secs(6))
-        .await;
-    assert_eq!(snapshot["status"], "cancelled");
-}
-
-#[tokio::test]
-async fn a_snapshot_has_the_text_so_far_and_the_contract_fields() {
+async fn the_run_event_arrives_before_the_first_token_is_due() {
     let app = spawn_app().await;
-    let id = app
-        .create_run(json!({"prompt": "snap", "params": {"tokens": 5, "interval_ms": 0}}))
-        .await;
-    let events = app.events(&format!("/api/runs/{id}/events")).await;
-    let (status, snapshot) = app.get_json(&format!("/api/runs/{id}")).await;
-    assert_eq!(status, 200);
-    for key in [
-        "id",
-        "agent",
-        "prompt",
-        "status",
-        "created_at",
-        "finished_at",
-        "events",
-        "text",
-        "usage",
-    ] {
-        assert!(snapshot.get(key).is_some(), "missing {key}: {snapshot}");
-    }
-    assert_eq!(snapshot["id"], id.as_str());
-    assert_eq!(snapshot["prompt"], "snap");
-    assert_eq!(snapshot["agent"], "sim");
-    assert_eq!(snapshot["status"], "done");
-    assert_eq!(snapshot["events"], 7);
-    assert_eq!(snapshot["text"], text_of(&events));
-    assert_eq!(snapshot["usage"]["output_tokens"], 5);
-}
-
-#[tokio::test]
-async fn runs_are_listed_newest_first_with_a_clamped_limit() {
-    let app = spawn_app().await;
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            app.create_run(
-                json!({"prompt": format!("p{i}"), "params": {"tokens": 1, "interval_ms": 0}}),
-            )
-            .await,
-        );
-    }
-    let (status, list) = app.get_json("/api/runs").await;
-    assert_eq!(status, 200);
-    let listed: Vec<&str> = list["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str(), ids[0].as_str()]);
-    assert!(
-        list["runs"][0].get("text").is_none(),
-        "listings leave out the text"
-    );
-    assert_eq!(list["runs"][0]["prompt"], "p2");
-
-    for (query, expected) in [
-        ("2", 2),
-        ("0", 1),
-        ("-5", 1),
-        ("5000", 3),
-        ("abc", 3),
-        ("", 3),
-    ] {
-        let (status, list) = app.get_json(&format!("/api/runs?limit={query}")).await;
-        assert_eq!(status, 200, "limit={query}");
-        assert_eq!(
-            list["runs"].as_array().unwrap().len(),
-            expected,
-            "limit={query}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn the_byte_budget_evicts_the_oldest_finished_runs_first() {
-    // Each run of 20 tokens is about 2 KB of frames; the budget holds one.
-    let app = spawn_with("[runs]\nretention_bytes = 3000\n").await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let id = app
-            .create_run(json!({"params": {"tokens": 20, "interval_ms": 0}}))
-            .await;
-        app.wait_for_status(&id, "done", Duration::from_secs(5))
-            .await;
-        ids.push(id);
-    }
-    let mut statuses = Vec::new();
-    for id in &ids {
-        statuses.push(app.get(&format!("/api/runs/{id}")).await.status().as_u16());
-    }
-    assert_eq!(statuses, [410, 410, 200]);
-}
-
-#[tokio::test]
-async fn agents_and_health_are_listed() {
-    let app = spawn_app().await;
-    let (status, body) = app.get_json("/api/agents").await;
-    assert_eq!(status, 200);
-    let sim = body["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "sim")
-        .unwrap();
-    assert_eq!(sim["kind"], "sim");
-    assert!(sim["model"].is_null());
-    for param in ["tokens", "interval_ms", "seed", "fail_after"] {
-        assert!(sim["params"][param].is_string(), "{param}");
-    }
-    assert_eq!(app.get("/healthz").await.status(), 200);
-}
-
-#[tokio::test]
-async fn max_streams_answers_503_then_recovers() {
-    let app = spawn_with("[server]\nmax_streams = 1\n").await;
-    let first = app.get("/api/agent/stream?tokens=50&interval_ms=20").await;
-    assert_eq!(first.status(), 200);
-    let second = app.get("/api/agent/stream?tokens=1").await;
-    assert_eq!(second.status(), 503);
-    assert!(second.headers().get("retry-after").is_some());
-    let body: serde_json::Value = second.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "too_many_streams");
-    drop(first);
-    let mut status = 503;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let response = app.get("/api/agent/stream?tokens=1&interval_ms=0").await;
-        status = response.status().as_u16();
-        if status == 200 {
-            break;
-        }
-    }
-    assert_eq!(status, 200);
-}
-
-#[tokio::test]
-async fn max_running_answers_503_then_recovers() {
-    let app = spawn_with("[server]\nmax_running = 1\n").await;
-    let id = app
-        .create_run(json!({"params": {"tokens": 1000, "interval_ms": 20}}))
-        .await;
-    let refused = app
-        .client
-        .post(app.url("/api/runs"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 503);
-    assert!(refused.headers().get("retry-after").is_some());
-    app.delete(&format!("/api/runs/{id}")).await;
-    let accepted = app
-        .client
-        .post(app.url("/api/runs"))
-        .json(&json!({"params": {"tokens": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 201);
-}
-
-#[tokio::test]
-async fn a_run_longer_than_max_run_secs_ends_with_run_timeout() {
-    let app = spawn_with("[runs]\nmax_run_secs = 1\n").await;
-    let started = std::time::Instant::now();
-    let events = app
-        .events("/api/agent/stream?tokens=1000&interval_ms=20")
-        .await;
-    let last = events.last().unwrap();
-    assert_eq!(last.event, "error");
-    assert_eq!(last.data["code"], "run_timeout");
-    assert!(tokens_of(&events).len() > 10, "it ran until the limit");
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
-        "{took:?}"
-    );
+    let response = app.get("/api/agent/stream?tokens=1&interval_ms=5000").await;
+    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let first = tokio::time::timeout(
+        Duration::from_secs(3),
+        futures::StreamExt::next(&mut stream),
+    )
+    .await
+    .expect("the run event must not wait for the first token");
+    assert_eq!(first.unwrap().unwrap().event, "run");
 }

@@ -7,7 +7,7 @@ Usage: python openai_sdk.py BASE_URL API_KEY [unittest options]
   BASE_URL  Sluice's root, e.g. http://127.0.0.1:8080 (the SDK gets BASE_URL/v1)
   API_KEY   a key configured in Sluice's [[auth.keys]]
 
-Run by tests/api/openai_sdk.rs with the venv that scripts/test makes
+Run by tests/api/clients/openai_sdk.rs with the venv that scripts/test makes
 (scripts/lib/openai_sdk.sh); it exits non-zero when any test fails.
 """
 

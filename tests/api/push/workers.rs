@@ -1,10 +1,10 @@
-//! The Python push worker example (examples/push_worker.py, httpx with a
-//! streamed request body) run for real against a Sluice in this process
-//! (SPEC 12): it publishes a whole run while a subscriber reads it, it
-//! survives its streamed publish being cut mid-body by retrying with
-//! `Sluice-Offset` (every word exactly once), it takes a `409 run_finished`
-//! after a lost answer for the success it was, and it stops, saying so, when
-//! the run is cancelled under it.
+//! SPEC 12, Push runs: the Python push worker example (examples/push_worker.py,
+//! httpx with a streamed request body) run for real against a Sluice in this
+//! process: it publishes a whole run while a subscriber reads it, it survives
+//! its streamed publish being cut mid-body by retrying with `Sluice-Offset`
+//! (every word exactly once), it takes a `409 run_finished` after a lost answer
+//! for the success it was, and it stops, saying so, when the run is cancelled
+//! under it.
 //!
 //! httpx lives in the venv that scripts/test makes and caches with the
 //! openai SDK (scripts/lib/openai_sdk.sh) and passes as

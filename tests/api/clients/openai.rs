@@ -1,8 +1,7 @@
-//! The OpenAI-compatible front door (SPEC 11.2) and the AI SDK chat
-//! transport (SPEC 11.3), over HTTP: every call is a run, listed, shared,
-//! cancelled and resumed like any other; errors in each client's shape.
-//! The official clients themselves are driven in `openai_sdk.rs` and
-//! tests/browser/ai-sdk.test.mjs.
+//! SPEC 11.2, the OpenAI-compatible front door over HTTP: every call is a
+//! run, listed, shared, cancelled and resumed like any other; errors in
+//! OpenAI's shape; the models are the agents. The official client itself is
+//! driven in `openai_sdk.rs`.
 
 use std::time::Duration;
 
@@ -12,29 +11,10 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const KEYS: &str = "[[auth.keys]]\nname = \"alice\"\nkey = \"alice-key\"\n\n[[auth.keys]]\nname = \"bob\"\nkey = \"bob-key\"\n";
-
-async fn post(app: &TestApp, path: &str, key: Option<&str>, body: Value) -> reqwest::Response {
-    let mut request = app.client.post(app.url(path)).json(&body);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    request.send().await.unwrap()
-}
-
-fn chat_body(chat: &str, text: &str) -> Value {
-    json!({
-        "id": chat,
-        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}],
-        "trigger": "submit-message",
-        "messageId": null,
-    })
-}
-
 #[tokio::test]
 async fn a_completion_is_a_run_with_the_runs_text() {
     let app = spawn_app().await;
-    let response = post(
+    let response = post_json(
         &app,
         "/v1/chat/completions",
         None,
@@ -64,7 +44,7 @@ async fn a_completion_is_a_run_with_the_runs_text() {
 #[tokio::test]
 async fn a_streamed_completion_is_shared_resumed_and_cancelled_like_any_run() {
     let app = spawn_app().await;
-    let response = post(
+    let response = post_json(
         &app,
         "/v1/chat/completions",
         None,
@@ -118,7 +98,7 @@ async fn a_streamed_completion_is_shared_resumed_and_cancelled_like_any_run() {
 
 #[tokio::test]
 async fn front_door_errors_come_in_openais_shape() {
-    let app = spawn_with(KEYS).await;
+    let app = spawn_with(ALICE_AND_BOB).await;
     let key = Some("alice-key");
     let cases = [
         (
@@ -159,21 +139,21 @@ async fn front_door_errors_come_in_openais_shape() {
         ),
     ];
     for (body, status, code, kind) in cases {
-        let response = post(&app, "/v1/chat/completions", key, body.clone()).await;
+        let response = post_json(&app, "/v1/chat/completions", key, body.clone()).await;
         assert_eq!(response.status(), status, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{body}");
         assert_eq!(error["error"]["type"], kind, "{body}");
         assert!(error["error"]["message"].as_str().unwrap().len() > 5);
     }
-    let response = post(&app, "/v1/chat/completions", Some("wrong"), json!({})).await;
+    let response = post_json(&app, "/v1/chat/completions", Some("wrong"), json!({})).await;
     assert_eq!(response.status(), 401);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["type"], "authentication_error");
     let response = app.client.get(app.url("/v1/models")).send().await.unwrap();
     assert_eq!(response.status(), 401);
     // A failed run: 502 with the agent's own code and words.
-    let response = post(
+    let response = post_json(
         &app,
         "/v1/chat/completions",
         key,
@@ -221,126 +201,4 @@ async fn models_are_the_agents() {
         body["data"][0],
         json!({"id": body["data"][0]["id"], "object": "model", "created": 0, "owned_by": "sluice"})
     );
-}
-
-#[tokio::test]
-async fn a_chat_is_a_run_that_its_key_can_resume_and_stop() {
-    let app = spawn_with(KEYS).await;
-    let response = post(
-        &app,
-        "/api/chat?tokens=300&interval_ms=20",
-        Some("alice-key"),
-        chat_body("chat-1", "hello there"),
-    )
-    .await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-vercel-ai-ui-message-stream"], "v1");
-    let run = response.headers()["x-run-id"].to_str().unwrap().to_owned();
-    let mut first = response.bytes_stream().eventsource();
-    let start: Value = serde_json::from_str(&first.next().await.unwrap().unwrap().data).unwrap();
-    assert_eq!(start, json!({"type": "start", "messageId": run}));
-    drop(first);
-
-    let resume = |key: &'static str, chat: &'static str| {
-        let request = app
-            .client
-            .get(app.url(&format!(
-                "/api/chat/{chat}/stream?tokens=300&interval_ms=20"
-            )))
-            .bearer_auth(key);
-        async move { request.send().await.unwrap() }
-    };
-    // Another key's chat of the same id does not exist for it.
-    assert_eq!(resume("bob-key", "chat-1").await.status(), 204);
-    assert_eq!(resume("alice-key", "chat-2").await.status(), 204);
-    let again = resume("alice-key", "chat-1").await;
-    assert_eq!(again.status(), 200);
-    assert_eq!(again.headers()["x-run-id"], run.as_str());
-    let mut again = again.bytes_stream().eventsource();
-    let start_again: Value =
-        serde_json::from_str(&again.next().await.unwrap().unwrap().data).unwrap();
-    assert_eq!(start_again, start, "from the run's first event");
-
-    let stop = |key: &'static str| {
-        let request = app
-            .client
-            .delete(app.url("/api/chat/chat-1/stream"))
-            .bearer_auth(key);
-        async move { request.send().await.unwrap().status() }
-    };
-    assert_eq!(stop("bob-key").await, 204);
-    assert_eq!(stop("alice-key").await, 202);
-    let mut last = String::new();
-    while let Some(Ok(event)) = again.next().await {
-        if event.data != "[DONE]" {
-            last = event.data;
-        }
-    }
-    assert_eq!(
-        serde_json::from_str::<Value>(&last).unwrap(),
-        json!({"type": "abort"})
-    );
-    assert_eq!(stop("alice-key").await, 204);
-    assert_eq!(resume("alice-key", "chat-1").await.status(), 204);
-    let snapshot = app
-        .client
-        .get(app.url(&format!("/api/runs/{run}")))
-        .bearer_auth("alice-key")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    assert_eq!(snapshot["status"], "cancelled");
-    assert_eq!(snapshot["prompt"], "hello there");
-}
-
-#[tokio::test]
-async fn a_chat_body_that_is_no_transport_body_is_refused_and_starts_nothing() {
-    let app = spawn_app().await;
-    for body in [
-        json!({"messages": []}),
-        json!({"id": "c", "messages": "hi"}),
-        json!({"id": "c", "messages": [{"role": "tool", "parts": []}]}),
-        json!({"id": "", "messages": []}),
-        json!({"id": "c", "messages": [], "params": 5}),
-    ] {
-        let response = post(&app, "/api/chat", None, body.clone()).await;
-        assert_eq!(response.status(), 400, "{body}");
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], "invalid_json", "{body}");
-    }
-    let response = post(&app, "/api/chat?agent=nope", None, chat_body("c", "x")).await;
-    assert_eq!(response.status(), 400);
-    let response = post(&app, "/api/chat?colour=red", None, chat_body("c", "x")).await;
-    assert_eq!(response.status(), 400, "the sim refuses unknown parameters");
-    let (_, list) = app.get_json("/api/runs").await;
-    assert_eq!(list["runs"].as_array().unwrap().len(), 0);
-}
-
-#[tokio::test]
-async fn a_finished_chat_answers_204_and_its_text_is_the_runs() {
-    let app = spawn_app().await;
-    let response = post(
-        &app,
-        "/api/chat?tokens=5&interval_ms=0",
-        None,
-        chat_body("done-chat", "hi"),
-    )
-    .await;
-    let run = response.headers()["x-run-id"].to_str().unwrap().to_owned();
-    let body = response.text().await.unwrap();
-    let text: String = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|c| c["type"] == "text-delta")
-        .map(|c| c["delta"].as_str().unwrap().to_owned())
-        .collect();
-    let (_, snapshot) = app.get_json(&format!("/api/runs/{run}")).await;
-    assert_eq!(text, snapshot["text"].as_str().unwrap());
-    assert!(body.ends_with("data: [DONE]\n\n"));
-    assert_eq!(app.get("/api/chat/done-chat/stream").await.status(), 204);
-    assert_eq!(app.delete("/api/chat/done-chat/stream").await.status(), 204);
 }

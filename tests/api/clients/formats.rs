@@ -1,6 +1,6 @@
-//! `format=openai` and `format=ai-sdk` on the SSE routes (SPEC 11.1): exact
-//! resume through a cut connection, the endings of cancelled and failed
-//! runs, and the 204/404/410/400 rules in every format.
+//! SPEC 11.1, `format` on every SSE route: `format=openai` and
+//! `format=ai-sdk`, exact resume through a cut connection, the endings of
+//! cancelled and failed runs, and the 204/404/410/400 rules in every format.
 
 use std::time::Duration;
 

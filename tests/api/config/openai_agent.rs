@@ -1,12 +1,13 @@
-//! The `openai` agent against the mock upstream: mapping, honest endings,
-//! timeouts, and cancel reaching the upstream.
+//! SPEC 6, Configuration, `kind = "openai"`: the agent against the mock
+//! upstream: mapping, honest endings, timeouts, and cancel reaching the
+//! upstream.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::helpers::upstream;
 use crate::helpers::*;
-use crate::upstream;
 
 const MODELS: &[&str] = &[
     "normal",

@@ -1,4 +1,5 @@
-//! `/metrics` and `/readyz` as a scraper and a load balancer see them.
+//! SPEC 3, HTTP API, `/metrics` and `/readyz` as a scraper and a load
+//! balancer see them.
 
 use std::collections::HashMap;
 

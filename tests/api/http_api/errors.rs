@@ -1,5 +1,5 @@
-//! Bad input: every mistake gets a JSON error with the right status and code,
-//! and none of them disturbs a run streaming meanwhile.
+//! SPEC 3, HTTP API, errors: every mistake gets a JSON error with the right
+//! status and code, and none of them disturbs a run streaming meanwhile.
 
 use serde_json::{json, Value};
 

@@ -1,63 +1,12 @@
-//! The one-shot route: event order, ids, headers, determinism, keep-alive.
+//! SPEC 4, the built-in `sim` agent: deterministic text, a shorter run a
+//! prefix of a longer one, `fail_after`, its parameters from a query or a
+//! POST, `ttft_ms` null with no token, the empty prompt.
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::helpers::*;
-
-#[tokio::test]
-async fn one_shot_streams_run_tokens_and_done_with_ids_and_headers() {
-    let app = spawn_app().await;
-    let response = app
-        .get("/api/agent/stream?prompt=hello&tokens=5&interval_ms=0")
-        .await;
-    assert_eq!(response.status(), 200);
-    let headers = response.headers().clone();
-    assert_eq!(headers["content-type"], "text/event-stream");
-    assert_eq!(headers["cache-control"], "no-cache");
-    assert_eq!(headers["x-accel-buffering"], "no");
-    assert!(headers.get("content-encoding").is_none());
-    let run_id = headers["x-run-id"].to_str().unwrap().to_owned();
-    let events = collect(response).await;
-
-    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(
-        names,
-        ["run", "token", "token", "token", "token", "token", "done"]
-    );
-    assert_eq!(assert_contiguous(&events, 1), run_id);
-    assert_eq!(run_id.len(), 32);
-    assert!(run_id.bytes().all(|b| b.is_ascii_alphanumeric()));
-
-    let run = &events[0].data;
-    assert_eq!(run["run_id"], run_id.as_str());
-    assert_eq!(run["agent"], "sim");
-    let created = run["created_at"].as_str().unwrap();
-    assert!(humantime::parse_rfc3339(created).is_ok(), "{created}");
-
-    let done = &events[6].data;
-    assert_eq!(done["finish_reason"], "stop");
-    assert_eq!(done["usage"]["output_tokens"], 5);
-    assert!(done["ttft_ms"].as_f64().is_some());
-    assert!(done["duration_ms"].as_f64().is_some());
-    for token in &events[1..6] {
-        let text = token.data["text"].as_str().unwrap();
-        assert!(text.starts_with(' ') && text.len() > 1, "{text:?}");
-    }
-}
-
-#[tokio::test]
-async fn the_run_event_arrives_before_the_first_token_is_due() {
-    let app = spawn_app().await;
-    let response = app.get("/api/agent/stream?tokens=1&interval_ms=5000").await;
-    let mut stream = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
-    let first = tokio::time::timeout(
-        Duration::from_secs(3),
-        futures::StreamExt::next(&mut stream),
-    )
-    .await
-    .expect("the run event must not wait for the first token");
-    assert_eq!(first.unwrap().unwrap().event, "run");
-}
 
 #[tokio::test]
 async fn text_is_deterministic_and_a_shorter_run_is_a_prefix() {
@@ -138,24 +87,6 @@ async fn fail_after_ends_with_a_simulated_failure() {
 }
 
 #[tokio::test]
-async fn a_quiet_stream_gets_keep_alive_comments() {
-    let app = spawn_with("[server]\nkeep_alive_secs = 1\n").await;
-    let response = app.get("/api/agent/stream?tokens=1&interval_ms=2500").await;
-    let body = response.text().await.unwrap();
-    let token_at = body.find("event: token").unwrap();
-    let keep_alive_at = body.find(": keep-alive\n\n").expect(&body);
-    assert!(keep_alive_at < token_at, "{body}");
-    assert!(body.ends_with("\n\n"));
-    // Parsers skip comments: the events are still exactly run, token, done.
-    let parsed: Vec<String> = body
-        .split("\n\n")
-        .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("event: ")))
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(parsed, ["run", "token", "done"]);
-}
-
-#[tokio::test]
 async fn params_reach_the_agent_as_json_from_post_too() {
     let app = spawn_app().await;
     let id = app
@@ -167,4 +98,23 @@ async fn params_reach_the_agent_as_json_from_post_too() {
         .await;
     assert_eq!(tokens_of(&posted), tokens_of(&one_shot));
     assert_eq!(tokens_of(&posted).len(), 4);
+}
+
+#[tokio::test]
+async fn a_run_cancelled_before_its_first_token_has_a_null_ttft() {
+    let app = spawn_app().await;
+    let id = app
+        .create_run(json!({"params": {"tokens": 5, "interval_ms": 60000}}))
+        .await;
+    let response = app.get(&format!("/api/runs/{id}/events")).await;
+    let reader = tokio::spawn(collect(response));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deleted = app.delete(&format!("/api/runs/{id}")).await;
+    assert_eq!(deleted.status(), 202);
+    let events = reader.await.unwrap();
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names, ["run", "done"]);
+    assert_eq!(events[1].data["finish_reason"], "cancelled");
+    assert!(events[1].data["ttft_ms"].is_null());
+    assert_eq!(events[1].data["usage"]["output_tokens"], 0);
 }

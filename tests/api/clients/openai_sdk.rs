@@ -1,4 +1,4 @@
-//! The official `openai` Python package against `/v1` (SPEC 11.2): a client
+//! SPEC 11.2, the official `openai` Python package against `/v1`: a client
 //! that Sluice did not write, so the front door is checked against what the
 //! SDK really parses (its chunk models, its `[DONE]` and in-stream `error`
 //! handling, its status-to-exception mapping), not against our reading of

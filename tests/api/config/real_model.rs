@@ -1,9 +1,10 @@
-//! A real model through Sluice: llama.cpp's OpenAI-compatible server with
-//! SmolLM2-135M, started by `scripts/test` (see scripts/lib/llama.sh), which
-//! passes its URL, pid and log in SLUICE_E2E_OPENAI_URL, SLUICE_E2E_OPENAI_PID
-//! and SLUICE_E2E_OPENAI_LOG, or SLUICE_E2E_OPENAI_ERROR when it did not start.
-//! Under CI=true the test fails when the server is missing; elsewhere it skips
-//! loudly. When the server dies, the failure says so and shows its log's end.
+//! SPEC 6, Configuration, `kind = "openai"` against a real model: llama.cpp's
+//! OpenAI-compatible server with SmolLM2-135M, started by `scripts/test` (see
+//! scripts/lib/llama.sh), which passes its URL, pid and log in
+//! SLUICE_E2E_OPENAI_URL, SLUICE_E2E_OPENAI_PID and SLUICE_E2E_OPENAI_LOG, or
+//! SLUICE_E2E_OPENAI_ERROR when it did not start. Under CI=true the test fails
+//! when the server is missing; elsewhere it skips loudly. When the server dies,
+//! the failure says so and shows its log's end.
 
 use std::time::{Duration, Instant};
 

@@ -1,10 +1,10 @@
-//! The webhook receiver example (examples/webhook_receiver.py, on the
-//! official `standardwebhooks` package) run for real against a Sluice in
-//! this process (SPEC 13): the library verifies Sluice's signatures on the
-//! deliveries of a run that is done, one that fails and one that is
-//! cancelled; each run is handled exactly once, with its whole text, even
-//! when an answer is lost and Sluice sends the delivery again; forged
-//! requests get `400` and are never handled.
+//! SPEC 13, Run webhooks: the receiver example (examples/webhook_receiver.py,
+//! on the official `standardwebhooks` package) run for real against a Sluice in
+//! this process: the library verifies Sluice's signatures on the deliveries of
+//! a run that is done, one that fails and one that is cancelled; each run is
+//! handled exactly once, with its whole text, even when an answer is lost and
+//! Sluice sends the delivery again; forged requests get `400` and are never
+//! handled.
 //!
 //! standardwebhooks lives in the venv that scripts/test makes and caches
 //! with the openai SDK (scripts/lib/openai_sdk.sh) and passes as

@@ -1,4 +1,5 @@
-//! Several `sluice` nodes sharing one Redis (`[hub] backend = "redis"`): a
+//! SPEC 6, Configuration, `[hub] backend = "redis"` (and the shared-hub
+//! clauses of SPEC 5, 12 and 13): several `sluice` nodes sharing one Redis, a
 //! real `redis-server` on a free port, the real binary twice, and a
 //! round-robin TCP proxy in front of them, as a load balancer would be.
 //!
@@ -18,7 +19,6 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::*;
-use crate::lifecycle::{serve_binary, Served};
 
 /// A `redis-server` of the test's own, with its data in a temporary folder
 /// and every write on disk before it is acknowledged.

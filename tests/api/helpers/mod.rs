@@ -1,4 +1,11 @@
-//! Spawning apps, reading streams, cutting connections.
+//! Shared by every test module: spawning apps, reading streams, cutting
+//! connections (here); the real binary as a child process (`binary.rs`);
+//! a mock OpenAI-compatible upstream (`upstream.rs`).
+
+mod binary;
+pub mod upstream;
+
+pub use binary::*;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -521,3 +528,20 @@ impl Receiver {
         }
     }
 }
+
+/// POSTs `body` as JSON to `path`, with `key` as a bearer token if given.
+pub async fn post_json(
+    app: &TestApp,
+    path: &str,
+    key: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = app.client.post(app.url(path)).json(&body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+/// A config with two keys: `alice-key` (alice) and `bob-key` (bob).
+pub const ALICE_AND_BOB: &str = "[[auth.keys]]\nname = \"alice\"\nkey = \"alice-key\"\n\n[[auth.keys]]\nname = \"bob\"\nkey = \"bob-key\"\n";

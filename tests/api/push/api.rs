@@ -1,4 +1,4 @@
-//! Push runs (SPEC 12): a worker publishes a run's events with
+//! SPEC 12, Push runs: a worker publishes a run's events with
 //! `POST /api/runs/{id}/events`, as batches or one long streamed body,
 //! exactly once with `Sluice-Offset`; endings, cancel, bad input and auth.
 

@@ -1,4 +1,4 @@
-//! Run webhooks under load (SPEC 13): a thousand runs that end together,
+//! SPEC 13, Run webhooks under load: a thousand runs that end together,
 //! a receiver that takes 200 ms to answer each webhook. Every run gets
 //! its one delivery, and no more than `max_concurrent` are ever in flight.
 

@@ -1,7 +1,7 @@
-//! Run webhooks (SPEC 13) on one node: which URLs are taken, the schedule
+//! SPEC 13, Run webhooks on one node: which URLs are taken, the schedule
 //! of attempts, the deliveries' API per key, the metric, the logs. The
 //! signatures are verified by the official `standardwebhooks` libraries in
-//! `tests/browser/webhooks.test.mjs` and `webhook_receivers.rs`.
+//! `tests/browser/webhooks.test.mjs` and `receivers.rs`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -1,4 +1,5 @@
-//! CORS: off by default; on for the configured origins only, credentials included.
+//! SPEC 3, HTTP API, CORS (not in SPEC): off by default; on for the
+//! configured origins only, credentials included.
 
 use crate::helpers::*;
 

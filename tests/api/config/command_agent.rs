@@ -1,5 +1,6 @@
-//! The `command` agent with small scripts: text and jsonl, failure, a clean
-//! environment, bounded lines, and cancel leaving no process behind.
+//! SPEC 6, Configuration, `kind = "command"`: the agent with small scripts:
+//! text and jsonl, failure, a clean environment, bounded lines, and cancel
+//! leaving no process behind.
 
 use std::time::{Duration, Instant};
 
