@@ -209,23 +209,15 @@ async fn events_url_carries_a_token_for_that_run_only() {
     }
 }
 
-#[tokio::test]
-async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign() {
-    let app = app().await;
-    let (alice, bob) = (with_key("alice-key"), with_key("bob-key"));
-    let bobs_run = create(&app, &bob, json!({"tokens": 3, "interval_ms": 0})).await;
-    let bobs_id = bobs_run["id"].as_str().unwrap();
-    let minted: Value = alice
-        .post(app.url("/api/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(minted["scope"], "key");
-    let token = minted["token"].as_str().unwrap();
-    let plain = reqwest::Client::new();
+/// A key-scoped token starts runs that belong to its key, and reaches no
+/// other key's run; no token is minted for another key's run.
+async fn assert_a_key_token_reaches_its_keys_runs_only(
+    app: &TestApp,
+    alice: &reqwest::Client,
+    plain: &reqwest::Client,
+    token: &str,
+    bobs_id: &str,
+) {
     let one_shot = plain
         .get(app.url(&format!(
             "/api/agent/stream?tokens=2&interval_ms=0&access_token={token}"
@@ -251,7 +243,7 @@ async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign()
     assert_eq!(alices["id"], run_id.as_str(), "the run belongs to alice");
     assert_eq!(
         status(
-            &plain,
+            plain,
             "GET",
             &app.url(&format!("/api/runs/{bobs_id}/events?access_token={token}"))
         )
@@ -266,7 +258,10 @@ async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign()
         .await
         .unwrap();
     assert_eq!(foreign.status(), 404, "no token for another key's run");
+}
 
+/// A token with a changed signature or payload, or no token at all: 401.
+async fn assert_tampered_tokens_are_refused(app: &TestApp, plain: &reqwest::Client, token: &str) {
     let (payload, mac) = token.split_once('.').unwrap();
     let mut tampered_mac = mac.to_owned();
     tampered_mac.replace_range(0..1, if mac.starts_with('A') { "B" } else { "A" });
@@ -282,6 +277,14 @@ async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign()
             .unwrap();
         assert_eq!(response.status(), 401, "{bad}");
     }
+}
+
+/// A token past its `ttl_secs`: 401, saying it expired.
+async fn assert_an_expired_token_is_refused(
+    app: &TestApp,
+    alice: &reqwest::Client,
+    plain: &reqwest::Client,
+) {
     let short: Value = alice
         .post(app.url("/api/tokens"))
         .json(&json!({"ttl_secs": 1}))
@@ -306,6 +309,28 @@ async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign()
         .as_str()
         .unwrap()
         .contains("expired"));
+}
+
+#[tokio::test]
+async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign() {
+    let app = app().await;
+    let (alice, bob) = (with_key("alice-key"), with_key("bob-key"));
+    let bobs_run = create(&app, &bob, json!({"tokens": 3, "interval_ms": 0})).await;
+    let bobs_id = bobs_run["id"].as_str().unwrap();
+    let minted: Value = alice
+        .post(app.url("/api/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(minted["scope"], "key");
+    let token = minted["token"].as_str().unwrap();
+    let plain = reqwest::Client::new();
+    assert_a_key_token_reaches_its_keys_runs_only(&app, &alice, &plain, token, bobs_id).await;
+    assert_tampered_tokens_are_refused(&app, &plain, token).await;
+    assert_an_expired_token_is_refused(&app, &alice, &plain).await;
 }
 
 #[tokio::test]
@@ -380,6 +405,49 @@ async fn a_session_cookie_stands_for_the_key() {
         .contains("Max-Age=0"));
 }
 
+/// One running run per key: a second is refused with 429 until the first
+/// is cancelled; another key has its own limit.
+async fn assert_one_running_run_per_key(
+    app: &TestApp,
+    alice: &reqwest::Client,
+    bob: &reqwest::Client,
+) {
+    let post = |client: &reqwest::Client, params: Value| {
+        client
+            .post(app.url("/api/runs"))
+            .json(&json!({"params": params}))
+            .send()
+    };
+
+    // One running run per key.
+    let long = post(alice, json!({"tokens": 1000, "interval_ms": 20}))
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 201);
+    let long_id = long.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = post(alice, json!({"tokens": 1})).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"]["code"],
+        "too_many_running_runs"
+    );
+    assert_eq!(
+        post(bob, json!({"tokens": 1})).await.unwrap().status(),
+        201,
+        "bob has his own limit"
+    );
+    app.client
+        .delete(app.url(&format!("/api/runs/{long_id}")))
+        .header("authorization", "Bearer alice-key")
+        .send()
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn per_key_rate_and_concurrency_limits_answer_429_then_recover() {
     let app = spawn_with(&format!(
@@ -396,33 +464,7 @@ async fn per_key_rate_and_concurrency_limits_answer_429_then_recover() {
             .send()
     };
 
-    // One running run per key.
-    let long = post(&alice, json!({"tokens": 1000, "interval_ms": 20}))
-        .await
-        .unwrap();
-    assert_eq!(long.status(), 201);
-    let long_id = long.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let refused = post(&alice, json!({"tokens": 1})).await.unwrap();
-    assert_eq!(refused.status(), 429);
-    assert!(refused.headers().get("retry-after").is_some());
-    assert_eq!(
-        refused.json::<Value>().await.unwrap()["error"]["code"],
-        "too_many_running_runs"
-    );
-    assert_eq!(
-        post(&bob, json!({"tokens": 1})).await.unwrap().status(),
-        201,
-        "bob has his own limit"
-    );
-    app.client
-        .delete(app.url(&format!("/api/runs/{long_id}")))
-        .header("authorization", "Bearer alice-key")
-        .send()
-        .await
-        .unwrap();
+    assert_one_running_run_per_key(&app, &alice, &bob).await;
 
     // 30 a minute: the burst is spent, then one comes back every two seconds.
     let mut accepted = 1; // the long run above

@@ -96,11 +96,10 @@ async fn a_streamed_completion_is_shared_resumed_and_cancelled_like_any_run() {
     assert_eq!(seen.last().unwrap().data["finish_reason"], "cancelled");
 }
 
-#[tokio::test]
-async fn front_door_errors_come_in_openais_shape() {
-    let app = spawn_with(ALICE_AND_BOB).await;
-    let key = Some("alice-key");
-    let cases = [
+/// Bad completion requests: the body, and the status, code and OpenAI error
+/// type each gets.
+fn bad_completions() -> [(Value, u16, &'static str, &'static str); 6] {
+    [
         (
             json!({"model": "gpt-9", "messages": []}),
             404,
@@ -137,24 +136,13 @@ async fn front_door_errors_come_in_openais_shape() {
             "invalid_json",
             "invalid_request_error",
         ),
-    ];
-    for (body, status, code, kind) in cases {
-        let response = post_json(&app, "/v1/chat/completions", key, body.clone()).await;
-        assert_eq!(response.status(), status, "{body}");
-        let error: Value = response.json().await.unwrap();
-        assert_eq!(error["error"]["code"], code, "{body}");
-        assert_eq!(error["error"]["type"], kind, "{body}");
-        assert!(error["error"]["message"].as_str().unwrap().len() > 5);
-    }
-    let response = post_json(&app, "/v1/chat/completions", Some("wrong"), json!({})).await;
-    assert_eq!(response.status(), 401);
-    let error: Value = response.json().await.unwrap();
-    assert_eq!(error["error"]["type"], "authentication_error");
-    let response = app.client.get(app.url("/v1/models")).send().await.unwrap();
-    assert_eq!(response.status(), 401);
-    // A failed run: 502 with the agent's own code and words.
+    ]
+}
+
+/// A failed run: 502 with the agent's own code and words.
+async fn assert_a_failed_run_is_a_502_in_its_own_words(app: &TestApp, key: Option<&str>) {
     let response = post_json(
-        &app,
+        app,
         "/v1/chat/completions",
         key,
         json!({"model": "sim", "messages": [{"role": "user", "content": "x"}], "fail_after": 2, "interval_ms": 0}),
@@ -169,6 +157,28 @@ async fn front_door_errors_come_in_openais_shape() {
         .as_str()
         .unwrap()
         .contains("fail_after"));
+}
+
+#[tokio::test]
+async fn front_door_errors_come_in_openais_shape() {
+    let app = spawn_with(ALICE_AND_BOB).await;
+    let key = Some("alice-key");
+    let cases = bad_completions();
+    for (body, status, code, kind) in cases {
+        let response = post_json(&app, "/v1/chat/completions", key, body.clone()).await;
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{body}");
+        assert_eq!(error["error"]["type"], kind, "{body}");
+        assert!(error["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    let response = post_json(&app, "/v1/chat/completions", Some("wrong"), json!({})).await;
+    assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "authentication_error");
+    let response = app.client.get(app.url("/v1/models")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_a_failed_run_is_a_502_in_its_own_words(&app, key).await;
     // Nothing was started by a refused call: only the failed run is listed.
     let runs = app
         .client

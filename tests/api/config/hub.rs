@@ -518,13 +518,8 @@ async fn data_of(response: reqwest::Response, stop_after: usize) -> Vec<(String,
     seen
 }
 
-#[tokio::test]
-async fn chats_and_openai_streams_started_on_one_node_resume_on_the_other() {
-    let Some(redis) = Redis::start() else { return };
-    let (a, b) = (node(&redis), node(&redis));
-    let client = reqwest::Client::new();
-
-    // useChat sends to A, the page reloads, and its resume reaches B.
+/// useChat sends to A, the page reloads, and its resume reaches B.
+async fn assert_a_chat_started_on_a_resumes_on_b(client: &reqwest::Client, a: &Served, b: &Served) {
     let sent = client
         .post(format!("{}/api/chat?tokens=40&interval_ms=30", a.base))
         .json(
@@ -568,8 +563,14 @@ async fn chats_and_openai_streams_started_on_one_node_resume_on_the_other() {
             .unwrap();
         assert_eq!(again.status(), 204, "finished: {base}");
     }
+}
 
-    // An OpenAI stream from A, cut, resumed on B after the last id read.
+/// An OpenAI stream from A, cut, resumed on B after the last id read.
+async fn assert_an_openai_stream_started_on_a_resumes_on_b(
+    client: &reqwest::Client,
+    a: &Served,
+    b: &Served,
+) {
     let sent = client
         .post(format!("{}/v1/chat/completions", a.base))
         .json(
@@ -607,6 +608,15 @@ async fn chats_and_openai_streams_started_on_one_node_resume_on_the_other() {
     let (_, snapshot) = get_json(&format!("{}/api/runs/{run}", b.base)).await;
     assert_eq!(text, snapshot["text"].as_str().unwrap());
     assert_eq!(snapshot["status"], "done");
+}
+
+#[tokio::test]
+async fn chats_and_openai_streams_started_on_one_node_resume_on_the_other() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let client = reqwest::Client::new();
+    assert_a_chat_started_on_a_resumes_on_b(&client, &a, &b).await;
+    assert_an_openai_stream_started_on_a_resumes_on_b(&client, &a, &b).await;
 }
 
 /// Publishes `lines` to `url` with `Sluice-Offset: offset`; the answer.
@@ -738,15 +748,8 @@ async fn a_push_run_outlives_the_node_that_created_it() {
     assert_eq!(events.last().unwrap().event, "done");
 }
 
-#[tokio::test]
-async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() {
-    let Some(redis) = Redis::start() else { return };
-    let quick = "[agents.quick]\nkind = \"push\"\nidle_timeout_secs = 1\n";
-    let (a, b) = (
-        node_with_config(&redis, quick),
-        node_with_config(&redis, quick),
-    );
-    // A streamed publish through A learns at once that B cancelled its run.
+/// A streamed publish through A learns at once that B cancelled its run.
+async fn assert_a_streamed_publish_through_a_learns_that_b_cancelled(a: &Served, b: &Served) {
     let id = create_push(&a.base).await;
     let (lines, body) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
     lines.send(Ok(token_lines(0, 1).concat())).await.unwrap();
@@ -779,8 +782,10 @@ async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() 
     let answer: Value = answer.json().await.unwrap();
     assert_eq!(answer["status"], "cancelled");
     drop(lines);
+}
 
-    // An idle producer: some node ends the run with producer_timeout.
+/// An idle producer: some node ends the run with producer_timeout.
+async fn assert_an_idle_producer_ends_with_producer_timeout(a: &Served, b: &Served) {
     let response = reqwest::Client::new()
         .post(format!("{}/api/runs", a.base))
         .json(&json!({"agent": "quick", "prompt": "idle"}))
@@ -797,9 +802,11 @@ async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() 
     .await;
     assert_eq!(events.last().unwrap().data["code"], "producer_timeout");
     assert_eq!(events.len(), 2);
+}
 
-    // Made with cancel_on_disconnect: cancelled once no node has had a
-    // subscriber for the disconnect grace (1 s here).
+/// Made with cancel_on_disconnect: cancelled once no node has had a
+/// subscriber for the disconnect grace (1 s here).
+async fn assert_cancel_on_disconnect_counts_subscribers_on_every_node(a: &Served, b: &Served) {
     let response = reqwest::Client::new()
         .post(format!("{}/api/runs", a.base))
         .json(&json!({"agent": "push", "cancel_on_disconnect": true}))
@@ -821,6 +828,19 @@ async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() 
         assert!(Instant::now() < deadline, "never cancelled: {snapshot}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn push_runs_on_the_shared_hub_are_cancelled_and_time_out_from_any_node() {
+    let Some(redis) = Redis::start() else { return };
+    let quick = "[agents.quick]\nkind = \"push\"\nidle_timeout_secs = 1\n";
+    let (a, b) = (
+        node_with_config(&redis, quick),
+        node_with_config(&redis, quick),
+    );
+    assert_a_streamed_publish_through_a_learns_that_b_cancelled(&a, &b).await;
+    assert_an_idle_producer_ends_with_producer_timeout(&a, &b).await;
+    assert_cancel_on_disconnect_counts_subscribers_on_every_node(&a, &b).await;
 }
 
 #[tokio::test]

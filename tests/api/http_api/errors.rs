@@ -11,17 +11,12 @@ enum Body {
     Raw(Vec<u8>),
 }
 
-#[tokio::test]
-async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
-    let app = spawn_app().await;
-    // A run streaming while the bad requests come in.
-    let witness_url = app.url("/api/agent/stream?prompt=witness&tokens=60&interval_ms=10");
-    let client = app.client.clone();
-    let witness =
-        tokio::spawn(async move { collect(client.get(witness_url).send().await.unwrap()).await });
+/// A bad request: method, path, body, and the status and error code it gets.
+type Case = (&'static str, String, Body, u16, &'static str);
 
-    let big_prompt = "x".repeat(40_000);
-    let cases: Vec<(&str, String, Body, u16, &str)> = vec![
+/// Bad parameters on the one-shot route.
+fn stream_cases(big_prompt: &str) -> Vec<Case> {
+    vec![
         (
             "GET",
             "/api/agent/stream?tokens=0".into(),
@@ -106,6 +101,12 @@ async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
             413,
             "prompt_too_large",
         ),
+    ]
+}
+
+/// Bad bodies for `POST /api/runs`.
+fn post_cases(big_prompt: &str) -> Vec<Case> {
+    vec![
         (
             "POST",
             "/api/runs".into(),
@@ -169,6 +170,12 @@ async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
             413,
             "body_too_large",
         ),
+    ]
+}
+
+/// Unknown runs and routes, wrong methods.
+fn route_cases() -> Vec<Case> {
+    vec![
         (
             "GET",
             "/api/runs/0123456789abcdef0123456789abcdef".into(),
@@ -213,28 +220,56 @@ async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
             405,
             "method_not_allowed",
         ),
-    ];
+    ]
+}
+
+/// Sends one bad request and checks its JSON error.
+async fn assert_json_error(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Body,
+    status: u16,
+    code: &str,
+) {
+    let mut request = app.client.request(method.parse().unwrap(), app.url(path));
+    request = match body {
+        Body::None => request,
+        Body::Json(value) => request.json(&value),
+        Body::Raw(bytes) => request
+            .header("content-type", "application/json")
+            .body(bytes),
+    };
+    let response = request.send().await.unwrap();
+    let shown = &path[..path.len().min(80)];
+    assert_eq!(response.status().as_u16(), status, "{method} {shown}");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "{method} {shown}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{method} {shown}: {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.len() > 3, "{method} {shown}: {body}");
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_json_errors_and_disturbs_no_other_run() {
+    let app = spawn_app().await;
+    // A run streaming while the bad requests come in.
+    let witness_url = app.url("/api/agent/stream?prompt=witness&tokens=60&interval_ms=10");
+    let client = app.client.clone();
+    let witness =
+        tokio::spawn(async move { collect(client.get(witness_url).send().await.unwrap()).await });
+
+    let big_prompt = "x".repeat(40_000);
+    let cases = stream_cases(&big_prompt)
+        .into_iter()
+        .chain(post_cases(&big_prompt))
+        .chain(route_cases());
     for (method, path, body, status, code) in cases {
-        let mut request = app.client.request(method.parse().unwrap(), app.url(&path));
-        request = match body {
-            Body::None => request,
-            Body::Json(value) => request.json(&value),
-            Body::Raw(bytes) => request
-                .header("content-type", "application/json")
-                .body(bytes),
-        };
-        let response = request.send().await.unwrap();
-        let shown = &path[..path.len().min(80)];
-        assert_eq!(response.status().as_u16(), status, "{method} {shown}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/json",
-            "{method} {shown}"
-        );
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], code, "{method} {shown}: {body}");
-        let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.len() > 3, "{method} {shown}: {body}");
+        assert_json_error(&app, method, &path, body, status, code).await;
     }
 
     let (_, list) = app.get_json("/api/runs").await;

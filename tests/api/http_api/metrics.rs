@@ -28,10 +28,8 @@ async fn metrics(app: &TestApp) -> HashMap<String, f64> {
     scrape(&response.text().await.unwrap())
 }
 
-#[tokio::test]
-async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
-    let app = spawn_with("[server]\nmax_streams = 2\n").await;
-    let before = metrics(&app).await;
+/// Every metric is exposed from the start.
+fn assert_exposed(before: &HashMap<String, f64>) {
     for name in [
         "sluice_streams_open",
         "sluice_runs_running",
@@ -46,7 +44,11 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
             "{name} is exposed from the start"
         );
     }
+}
 
+/// A run done, one failed, and a resumed read of the failed one; the bytes
+/// of the done run's and the resumed read's bodies.
+async fn finish_fail_and_resume(app: &TestApp) -> f64 {
     let body = app
         .get("/api/agent/stream?tokens=5&interval_ms=0")
         .await
@@ -67,15 +69,18 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
         .bytes()
         .await
         .unwrap();
+    (body.len() + resumed.len()) as f64
+}
 
-    // Hold both stream slots, then get refused once.
+/// Holds both stream slots, then gets refused once; cancels the held run.
+async fn hold_both_stream_slots_and_get_refused(app: &TestApp) {
     let id = app
         .create_run(json!({"params": {"tokens": 1000, "interval_ms": 20}}))
         .await;
     let held1 = app.get(&format!("/api/runs/{id}/events")).await;
     let held2 = app.get(&format!("/api/runs/{id}/events")).await;
     assert_eq!(app.get("/api/agent/stream").await.status(), 503);
-    let during = metrics(&app).await;
+    let during = metrics(app).await;
     assert_eq!(during["sluice_streams_open"], 2.0);
     assert_eq!(
         during["sluice_runs_running"], 1.0,
@@ -87,8 +92,10 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
     );
     drop((held1, held2));
     app.delete(&format!("/api/runs/{id}")).await;
+}
 
-    let after = metrics(&app).await;
+/// What the runs, streams and the refusal above add up to.
+fn assert_counted(after: &HashMap<String, f64>, direct: f64) {
     assert_eq!(
         after["sluice_runs_total{agent=\"sim\",outcome=\"done\"}"],
         1.0
@@ -110,7 +117,6 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
         "{}",
         after["sluice_events_sent_total"]
     );
-    let direct = (body.len() + resumed.len()) as f64;
     assert!(
         after["sluice_bytes_sent_total"] >= direct,
         "bytes are counted as written"
@@ -123,6 +129,17 @@ async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
         writes > kept_up && kept_up >= 1.0,
         "{writes} writes, {kept_up} without lag"
     );
+}
+
+#[tokio::test]
+async fn metrics_count_runs_events_bytes_resumes_and_rejections() {
+    let app = spawn_with("[server]\nmax_streams = 2\n").await;
+    let before = metrics(&app).await;
+    assert_exposed(&before);
+    let direct = finish_fail_and_resume(&app).await;
+    hold_both_stream_slots_and_get_refused(&app).await;
+    let after = metrics(&app).await;
+    assert_counted(&after, direct);
 }
 
 #[tokio::test]
