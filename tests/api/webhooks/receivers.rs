@@ -171,27 +171,13 @@ async fn all_delivered(app: &TestApp, n: usize, receiver: &PythonReceiver) -> Ve
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
-    let Some(python) = clients_python("Python webhook receiver") else {
-        return;
-    };
-    let mut receiver = PythonReceiver::start(&python).await;
-    // The done run's delivery goes through a proxy that loses the
-    // receiver's first answer: Sluice sends it again, with the same
-    // webhook-id, and the receiver must not handle it twice.
-    let proxy = cutting_proxy(receiver.addr, 0).await;
-    let app = spawn_with(&format!(
-        "[webhooks]\nsecret = \"{SECRET}\"\n\
-         allowed_urls = [\"http://{}/hooks/\", \"http://{proxy}/hooks/\"]\n\
-         timeout_secs = 10\nretry_secs = [1, 1]\n",
-        receiver.addr
-    ))
-    .await;
-    let client = &app.client;
-    let hook = receiver.url("/hooks/runs");
-
-    // Forged requests, straight to the receiver: all refused, none handled.
+/// Forged requests, straight to the receiver: all refused, none handled.
+/// How many there were.
+async fn assert_forged_requests_are_refused(
+    client: &reqwest::Client,
+    hook: &str,
+    receiver: &PythonReceiver,
+) -> usize {
     let body = serde_json::to_vec(&json!({
         "type": "run.finished",
         "timestamp": "2026-01-01T00:00:00Z",
@@ -231,11 +217,19 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
         ("without the webhook headers", Vec::new()),
     ];
     for (what, headers) in &forged {
-        let status = post_to(client, &hook, headers, &body).await;
+        let status = post_to(client, hook, headers, &body).await;
         assert_eq!(status, 400, "a forged POST {what}\n{}", receiver.output());
     }
+    forged.len()
+}
 
-    // Three runs, each with the webhook: done, error, cancelled.
+/// Three runs, each with the webhook: done (through `proxy`), error,
+/// cancelled once it has some text.
+async fn three_runs_done_failed_and_cancelled(
+    app: &TestApp,
+    proxy: SocketAddr,
+    hook: &str,
+) -> (String, String, String) {
     let done = app
         .create_run(json!({
             "agent": "sim", "prompt": "a run that is done",
@@ -273,12 +267,13 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
         app.delete(&format!("/api/runs/{cancelled}")).await.status(),
         202
     );
+    (done, failed, cancelled)
+}
+
+/// Each run's snapshot once it has ended with `status`, some text in it.
+async fn ended_with_text(app: &TestApp, runs: [(&String, &str); 3]) -> HashMap<String, Value> {
     let mut snapshots = HashMap::new();
-    for (id, status) in [
-        (&done, "done"),
-        (&failed, "error"),
-        (&cancelled, "cancelled"),
-    ] {
+    for (id, status) in runs {
         let snapshot = app.wait_for_status(id, status, DEADLINE).await;
         assert_eq!(snapshot["status"], status, "{snapshot}");
         assert!(
@@ -289,15 +284,23 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
         );
         snapshots.insert(id.clone(), snapshot);
     }
+    snapshots
+}
 
-    // Sluice counts each delivery delivered: the done run's on its second
-    // attempt, which the receiver answered 200 as one it already had.
-    let deliveries = all_delivered(&app, 3, &receiver).await;
+/// Sluice counts each delivery delivered: the done run's on its second
+/// attempt, which the receiver answered 200 as one it already had. The
+/// deliveries by run.
+async fn assert_each_delivery_is_delivered(
+    app: &TestApp,
+    receiver: &PythonReceiver,
+    [done, failed, cancelled]: [&String; 3],
+) -> HashMap<String, Value> {
+    let deliveries = all_delivered(app, 3, receiver).await;
     let by_run: HashMap<String, Value> = deliveries
         .iter()
         .map(|d| (d["run_id"].as_str().unwrap().to_owned(), d.clone()))
         .collect();
-    for (id, attempts, last_status) in [(&done, 2, 200), (&failed, 1, 204), (&cancelled, 1, 204)] {
+    for (id, attempts, last_status) in [(done, 2, 200), (failed, 1, 204), (cancelled, 1, 204)] {
         let delivery = &by_run[id.as_str()];
         assert_eq!(
             (&delivery["attempts"], &delivery["last_status"]),
@@ -306,9 +309,16 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
             receiver.output()
         );
     }
+    by_run
+}
 
-    // The receiver printed exactly one verified line per run, with the
-    // run's whole text, and nothing for the forged requests.
+/// The receiver printed exactly one verified line per run, with the run's
+/// whole text, and nothing for the forged requests.
+async fn assert_one_verified_line_per_run(
+    receiver: &PythonReceiver,
+    snapshots: &HashMap<String, Value>,
+    by_run: &HashMap<String, Value>,
+) {
     let deadline = Instant::now() + DEADLINE;
     while receiver.lines().len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -327,7 +337,7 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
             receiver.output()
         );
     }
-    for (id, snapshot) in &snapshots {
+    for (id, snapshot) in snapshots {
         let line = printed
             .get(id)
             .unwrap_or_else(|| panic!("no line for run {id}\n{}", receiver.output()));
@@ -343,10 +353,46 @@ async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
         assert_eq!(line["status"], snapshot["status"], "{line}");
         assert_eq!(line["text"], snapshot["text"], "run {id}: the whole text");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_receiver_verifies_and_handles_each_ended_run_once() {
+    let Some(python) = clients_python("Python webhook receiver") else {
+        return;
+    };
+    let mut receiver = PythonReceiver::start(&python).await;
+    // The done run's delivery goes through a proxy that loses the
+    // receiver's first answer: Sluice sends it again, with the same
+    // webhook-id, and the receiver must not handle it twice.
+    let proxy = cutting_proxy(receiver.addr, 0).await;
+    let app = spawn_with(&format!(
+        "[webhooks]\nsecret = \"{SECRET}\"\n\
+         allowed_urls = [\"http://{}/hooks/\", \"http://{proxy}/hooks/\"]\n\
+         timeout_secs = 10\nretry_secs = [1, 1]\n",
+        receiver.addr
+    ))
+    .await;
+    let client = &app.client;
+    let hook = receiver.url("/hooks/runs");
+
+    let forged = assert_forged_requests_are_refused(client, &hook, &receiver).await;
+    let (done, failed, cancelled) = three_runs_done_failed_and_cancelled(&app, proxy, &hook).await;
+    let snapshots = ended_with_text(
+        &app,
+        [
+            (&done, "done"),
+            (&failed, "error"),
+            (&cancelled, "cancelled"),
+        ],
+    )
+    .await;
+    let by_run =
+        assert_each_delivery_is_delivered(&app, &receiver, [&done, &failed, &cancelled]).await;
+    assert_one_verified_line_per_run(&receiver, &snapshots, &by_run).await;
     let stderr = receiver.stderr.lock().unwrap().clone();
     assert_eq!(
         stderr.matches("refused:").count(),
-        forged.len(),
+        forged,
         "{}",
         receiver.output()
     );
