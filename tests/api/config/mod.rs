@@ -3,7 +3,7 @@
 //! `kind = "openai"` against a mock upstream (`openai_agent.rs`) and against
 //! a real model (`real_model.rs`), `kind = "command"` (`command_agent.rs`);
 //! and `[hub] backend = "redis"`, several nodes sharing one Redis
-//! (`hub.rs`, also the shared-hub clauses of SPEC 5, 12 and 13).
+//! (`hub/`, also the shared-hub clauses of SPEC 5, 12 and 13).
 
 mod command_agent;
 mod hub;

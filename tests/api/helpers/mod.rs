@@ -1,8 +1,10 @@
 //! Shared by every test module: spawning apps, reading streams, cutting
 //! connections (here); the real binary as a child process (`binary.rs`);
-//! a mock OpenAI-compatible upstream (`upstream.rs`).
+//! a mock OpenAI-compatible upstream (`upstream.rs`); nodes sharing one
+//! Redis (`cluster.rs`).
 
 mod binary;
+pub mod cluster;
 pub mod upstream;
 
 pub use binary::*;
