@@ -254,17 +254,49 @@ impl AgentConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HubConfig {
     /// `memory` (one process) or `redis` (several nodes sharing runs).
-    pub backend: String,
+    pub backend: Backend,
     /// The Redis URL, used when `backend` is `redis`.
     pub url: String,
     /// How long after a node stops renewing its lease its runs end with `node_lost`.
     pub lease_secs: u64,
 }
 
+/// `hub.backend`: where runs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Backend {
+    /// In this process only (the default).
+    #[default]
+    Memory,
+    /// Shared by every node through the Redis at `hub.url`.
+    Redis,
+}
+
+impl Backend {
+    /// The backend an operator names, `memory` or `redis`.
+    pub fn parse(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            _ => Err(ConfigError::Invalid(format!(
+                "hub.backend `{name}` is unknown (expected memory or redis)"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for Backend {
+    type Error = ConfigError;
+
+    fn try_from(name: String) -> Result<Self, ConfigError> {
+        Self::parse(&name)
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
-            backend: "memory".to_owned(),
+            backend: Backend::Memory,
             url: "redis://127.0.0.1:6379".to_owned(),
             lease_secs: 10,
         }
@@ -304,6 +336,7 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         let env: Vec<(String, String)> = env.into_iter().collect();
         apply_env(&mut table, env.iter().cloned())?;
+        check_backend(&table)?;
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
@@ -348,12 +381,6 @@ impl Config {
         for (name, agent) in &self.agents {
             agent.kind(name)?;
         }
-        if !["memory", "redis"].contains(&self.hub.backend.as_str()) {
-            return invalid(format!(
-                "hub.backend `{}` is unknown (expected memory or redis)",
-                self.hub.backend
-            ));
-        }
         if self.hub.lease_secs == 0 {
             return invalid("hub.lease_secs must be at least 1".into());
         }
@@ -396,6 +423,19 @@ impl RunsConfig {
     /// The longest a run may go on, if limited.
     pub fn max_run(&self) -> Option<Duration> {
         (self.max_run_secs > 0).then(|| Duration::from_secs(self.max_run_secs))
+    }
+}
+
+/// Refuses an unknown `hub.backend` with its own message: through serde it
+/// would come wrapped in serde's wording and toml's key path.
+fn check_backend(table: &toml::Table) -> Result<(), ConfigError> {
+    let backend = table
+        .get("hub")
+        .and_then(|hub| hub.get("backend"))
+        .and_then(toml::Value::as_str);
+    match backend {
+        Some(name) => Backend::parse(name).map(drop),
+        None => Ok(()),
     }
 }
 

@@ -111,13 +111,7 @@ impl Metrics {
         ttft: Option<Duration>,
         duration: Duration,
     ) {
-        let outcome = match status {
-            RunStatus::Running => "running",
-            RunStatus::Done => "done",
-            RunStatus::Error => "error",
-            RunStatus::Cancelled => "cancelled",
-        };
-        self.runs.with_label_values(&[agent, outcome]).inc();
+        self.runs.with_label_values(&[agent, status.as_str()]).inc();
         if let Some(ttft) = ttft {
             self.ttft.observe(ttft.as_secs_f64());
         }

@@ -38,8 +38,7 @@ use tracing::Instrument;
 
 use crate::agent::Agents;
 use crate::auth::Auth;
-use crate::config::{Config, ConfigError};
-use crate::hub::memory::MemoryHub;
+use crate::config::{Backend, Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::{self, Metrics};
 use crate::webhooks::Webhooks;
@@ -100,7 +99,7 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid(format!("cannot set up the metrics: {e}")))?;
-        let hub = Hub::new(MemoryHub::new(&config.runs, metrics.clone()));
+        let hub = Hub::in_memory(&config.runs, metrics.clone());
         let webhooks = Webhooks::in_memory(&config, hub.clone(), metrics.clone())?;
         Self::with_hub(config, hub, metrics, webhooks)
     }
@@ -108,15 +107,14 @@ impl AppState {
     /// The state for `config` with the hub it names: in memory, or shared
     /// through Redis (which must answer now).
     pub async fn connect(config: Config) -> Result<Self, ConfigError> {
-        if config.hub.backend != "redis" {
+        if config.hub.backend == Backend::Memory {
             return Self::new(config);
         }
         let metrics = Metrics::new()
             .map_err(|e| ConfigError::Invalid(format!("cannot set up the metrics: {e}")))?;
-        let hub = crate::hub::redis::RedisHub::connect(&config, metrics.clone())
+        let hub = Hub::connect(&config, metrics.clone())
             .await
             .map_err(|e| ConfigError::Invalid(format!("hub.url `{}`: {e}", config.hub.url)))?;
-        let hub = Hub::new(hub);
         let webhooks = Webhooks::in_redis(&config, hub.clone(), metrics.clone()).await?;
         Self::with_hub(config, hub, metrics, webhooks)
     }

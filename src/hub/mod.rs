@@ -28,6 +28,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::agent::AgentStream;
+use crate::config::{Backend, Config, RunsConfig};
+use crate::metrics::Metrics;
 use crate::wire::{Format, RunHead};
 
 /// A run event's 1-based sequence number: the n-th event has `seq = n`.
@@ -86,14 +88,19 @@ impl fmt::Debug for RunId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    /// Events may still come.
     Running,
+    /// The agent finished the run.
     Done,
+    /// The run ended with an `error` event.
     Error,
+    /// A client cancelled the run.
     Cancelled,
 }
 
 impl RunStatus {
-    /// The status as the API writes it: `running`, `done`, `error`, `cancelled`.
+    /// The status as the API, the metrics and Redis write it: `running`,
+    /// `done`, `error`, `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -101,6 +108,23 @@ impl RunStatus {
             Self::Error => "error",
             Self::Cancelled => "cancelled",
         }
+    }
+
+    /// The status [`RunStatus::as_str`] wrote; anything else is `Running`,
+    /// as a run whose hash holds no end yet is.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "done" => Self::Done,
+            "error" => Self::Error,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Running,
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -301,10 +325,25 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// A hub around any backend.
     pub fn new(backend: impl HubBackend) -> Self {
         Self {
             backend: Arc::new(backend),
         }
+    }
+
+    /// The in-memory hub for `config`'s runs. Needs a tokio runtime.
+    pub fn in_memory(config: &RunsConfig, metrics: Arc<Metrics>) -> Self {
+        Self::new(memory::MemoryHub::new(config, metrics))
+    }
+
+    /// The hub `config.hub.backend` names: in memory, or shared through
+    /// the Redis at `config.hub.url`, which must answer now.
+    pub async fn connect(config: &Config, metrics: Arc<Metrics>) -> Result<Self, HubError> {
+        Ok(match config.hub.backend {
+            Backend::Memory => Self::in_memory(&config.runs, metrics),
+            Backend::Redis => Self::new(redis::RedisHub::connect(config, metrics).await?),
+        })
     }
 
     pub async fn start(&self, meta: RunMeta, events: AgentStream) -> Result<(), HubError> {

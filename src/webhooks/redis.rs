@@ -272,7 +272,7 @@ impl Store for RedisStore {
                 // Only runs that have ended (or are gone) are overdue.
                 let status: Option<String> =
                     bounded(conn.hget(crate::hub::redis::run_key(&run_id), "status")).await?;
-                if status.as_deref() == Some("running") {
+                if status.as_deref() == Some(crate::hub::RunStatus::Running.as_str()) {
                     continue;
                 }
                 let mut fields: HashMap<String, String> =

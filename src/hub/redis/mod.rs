@@ -154,15 +154,6 @@ pub(crate) async fn bounded<T>(
     }
 }
 
-fn parse_status(name: &str) -> RunStatus {
-    match name {
-        "done" => RunStatus::Done,
-        "error" => RunStatus::Error,
-        "cancelled" => RunStatus::Cancelled,
-        _ => RunStatus::Running,
-    }
-}
-
 /// A frame from Redis as a log entry: its token text, and how the run
 /// ended if it is the terminal event.
 fn entry_of(frame: Bytes) -> Entry {
@@ -520,7 +511,7 @@ impl Stored {
                 owner: owner.strip_prefix("k:").map(str::to_owned),
             },
             owner,
-            status: parse_status(&take("status")),
+            status: RunStatus::parse(&take("status")),
             finished,
             usage,
             producer,
@@ -603,7 +594,7 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
                 let status: redis::RedisResult<Option<String>> =
                     conn.hget(&run_key, "status").await;
                 if let Ok(Some(status)) = status {
-                    if status != "running" {
+                    if status != RunStatus::Running.as_str() {
                         tracing::warn!(run_id = %id, "another node ended this run: stopping it here");
                         inner.local.lose(&id);
                         return;
@@ -875,7 +866,7 @@ impl Inner {
                 "cod",
                 if meta.cancel_on_disconnect { "1" } else { "0" }.into(),
             ),
-            ("status", "running".to_owned()),
+            ("status", RunStatus::Running.as_str().to_owned()),
         ];
         fields.extend(push.map(push::Producer::start_fields).unwrap_or_default());
         // Known to every node before its first event, or not started:
@@ -1110,7 +1101,7 @@ impl HubBackend for RedisHub {
             let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
             while tokio::time::Instant::now() < deadline {
                 let status: Option<String> = bounded(conn.hget(run_key(&id), "status")).await?;
-                if status.as_deref() != Some("running") {
+                if status.as_deref() != Some(RunStatus::Running.as_str()) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -265,7 +265,7 @@ impl Inner {
                     return Err(HubError::NotFound);
                 }
                 Appended::Finished {
-                    status: super::parse_status(status),
+                    status: RunStatus::parse(status),
                     offset: answer.get(2).and_then(|o| o.parse().ok()).unwrap_or(0),
                 }
             }
