@@ -14,6 +14,7 @@ pub mod changes;
 mod frames;
 pub mod log;
 pub mod memory;
+mod node;
 pub mod record;
 pub mod redis;
 

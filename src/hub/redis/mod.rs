@@ -32,7 +32,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use tokio_util::task::TaskTracker;
 
-use super::memory::{Elsewhere, MemoryHub, Run};
+use super::node::{Node, Presence, Run};
 use super::record::{Entry, Recorder, RunEnd, NODE_LOST, NODE_LOST_MESSAGE};
 use super::{
     rfc3339, Cancelled, HubBackend, HubError, Published, Resume, RunId, RunMeta, RunSnapshot,
@@ -212,6 +212,38 @@ fn frames_of(entries: StreamEntries) -> Vec<(Seq, Bytes)> {
         .collect()
 }
 
+/// Subscribers that other nodes count in Redis, for the disconnect grace.
+struct Watchers {
+    conn: ConnectionManager,
+    /// This node's name: its own count is not "elsewhere".
+    node: String,
+}
+
+impl Presence for Watchers {
+    /// Whether subscribers on other, live nodes watch run `id`. On Redis
+    /// trouble the answer is yes: a run is not cancelled for an outage.
+    fn watched_elsewhere(&self, id: RunId) -> BoxFuture<'_, bool> {
+        async move {
+            let mut conn = self.conn.clone();
+            let Ok(counts) = bounded(conn.hgetall::<_, HashMap<String, i64>>(watch_key(&id))).await
+            else {
+                return true;
+            };
+            for (node, count) in counts {
+                if node == self.node || count <= 0 {
+                    continue;
+                }
+                match bounded(conn.exists::<_, bool>(node_key(&node))).await {
+                    Ok(false) => {}
+                    Ok(true) | Err(_) => return true,
+                }
+            }
+            false
+        }
+        .boxed()
+    }
+}
+
 /// The [`HubBackend`] shared by several nodes through Redis.
 #[derive(Clone)]
 pub struct RedisHub {
@@ -219,7 +251,8 @@ pub struct RedisHub {
 }
 
 struct Inner {
-    local: MemoryHub,
+    /// The runs of this node: driven here, or mirrored from others.
+    local: Node,
     client: redis::Client,
     conn: ConnectionManager,
     /// The node's writer: the writes of every run, batched (see [`write`]).
@@ -249,19 +282,11 @@ impl RedisHub {
         let (client, conn) = open(&config.hub.url).await?;
         let node = RunId::generate()?.to_string();
         let lease = Duration::from_secs(config.hub.lease_secs.max(1));
-        let watchers = Arc::new(std::sync::OnceLock::<std::sync::Weak<Inner>>::new());
-        let asks = watchers.clone();
-        let elsewhere: Elsewhere = Arc::new(move |id: RunId| {
-            let inner = asks.get().and_then(std::sync::Weak::upgrade);
-            async move {
-                match inner {
-                    Some(inner) => inner.watched_elsewhere(&id).await,
-                    None => false,
-                }
-            }
-            .boxed()
-        });
-        let local = MemoryHub::with_elsewhere(&config.runs, metrics.clone(), Some(elsewhere));
+        let presence = Watchers {
+            conn: conn.clone(),
+            node: node.clone(),
+        };
+        let local = Node::new(&config.runs, metrics.clone(), Arc::new(presence));
         let (writer, writes) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(write(conn.clone(), writes));
         let inner = Arc::new(Inner {
@@ -282,7 +307,6 @@ impl RedisHub {
             disconnect_grace: config.runs.disconnect_grace(),
             max_run: config.runs.max_run(),
         });
-        let _ = watchers.set(Arc::downgrade(&inner));
         inner.renew_lease().await?;
         tokio::spawn(keep_lease(Arc::downgrade(&inner)));
         tokio::spawn(listen_for_cancels(Arc::downgrade(&inner)));
@@ -298,26 +322,6 @@ impl Inner {
         let mut conn = self.conn.clone();
         let millis = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         bounded(conn.pset_ex::<_, _, ()>(node_key(&self.node), 1, millis)).await
-    }
-
-    /// Whether subscribers on other, live nodes watch run `id`. On Redis
-    /// trouble the answer is yes: a run is not cancelled for an outage.
-    async fn watched_elsewhere(&self, id: &RunId) -> bool {
-        let mut conn = self.conn.clone();
-        let Ok(counts) = bounded(conn.hgetall::<_, HashMap<String, i64>>(watch_key(id))).await
-        else {
-            return true;
-        };
-        for (node, count) in counts {
-            if node == self.node || count <= 0 {
-                continue;
-            }
-            match bounded(conn.exists::<_, bool>(node_key(&node))).await {
-                Ok(false) => {}
-                Ok(true) | Err(_) => return true,
-            }
-        }
-        false
     }
 
     /// The run's metadata from Redis, if `viewer` may see it.
@@ -409,14 +413,14 @@ impl Inner {
         let last = frames.last().map_or(0, |(seq, _)| *seq);
         let entries: Vec<Entry> = frames.into_iter().map(|(_, f)| entry_of(f)).collect();
         let ended = entries.last().is_some_and(|e| e.end.is_some());
-        let (run, created) = self.local.insert_mirror(stored.meta, entries);
-        if created {
-            if ended {
-                self.local.mirror_finished(&run);
-            } else {
-                self.tasks
-                    .spawn(follow(Arc::downgrade(self), run.clone(), last));
-            }
+        let (run, created) = self.local.mirror(stored.meta, entries);
+        if created && !ended {
+            self.tasks.spawn(follow(
+                Arc::downgrade(self),
+                self.local.clone(),
+                run.clone(),
+                last,
+            ));
         }
         Ok(run)
     }
@@ -596,7 +600,7 @@ async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
                 if let Ok(Some(status)) = status {
                     if status != RunStatus::Running.as_str() {
                         tracing::warn!(run_id = %id, "another node ended this run: stopping it here");
-                        inner.local.lose(&id);
+                        run.lose();
                         return;
                     }
                 }
@@ -620,7 +624,7 @@ async fn last_seq(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult
 
 /// Feeds a mirror from its run's stream, after event `last`, until the
 /// terminal event, on a connection of its own.
-async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
+async fn follow(inner: std::sync::Weak<Inner>, local: Node, run: Arc<Run>, mut last: Seq) {
     let id = run.meta().id.clone();
     let key = events_key(&id);
     let mut backoff = Backoff::new();
@@ -665,11 +669,8 @@ async fn follow(inner: std::sync::Weak<Inner>, run: Arc<Run>, mut last: Seq) {
                         last = seq;
                         let entry = entry_of(frame);
                         let end = entry.end.is_some();
-                        run.log().append(entry);
+                        local.feed(&run, entry);
                         if end {
-                            if let Some(hub) = inner.upgrade() {
-                                hub.local.mirror_finished(&run);
-                            }
                             return;
                         }
                     }
@@ -730,12 +731,8 @@ async fn listen_for_cancels(inner: std::sync::Weak<Inner>) {
             else {
                 continue;
             };
-            if let Some(run) = hub.local.local(&id).filter(|run| !run.is_mirror()) {
-                let owner = run.meta().owner.clone();
-                let local = hub.local.clone();
-                tokio::spawn(async move {
-                    let _ = local.cancel(id, owner).await;
-                });
+            if let Some(run) = hub.local.driven(&id) {
+                tokio::spawn(async move { run.cancel().await });
             }
         }
     }
@@ -892,30 +889,35 @@ impl Inner {
         commands
     }
 
-    /// Registers the run in Redis, starts it here with `start`, and
-    /// replicates its log. With Redis down, new runs are refused.
+    /// Registers the run in Redis, starts it here, and replicates its
+    /// log. With Redis down, new runs are refused.
     async fn start_run(
         self: &Arc<Self>,
         meta: RunMeta,
-        start: impl std::future::Future<Output = Result<(), HubError>>,
+        events: AgentStream,
     ) -> Result<(), HubError> {
-        let id = meta.id.clone();
         self.submit(self.start_commands(&meta, None)).await?;
-        start.await?;
-        if let Some(run) = self.local.local(&id) {
-            self.tasks.spawn(replicate(self.clone(), run));
-        }
+        let run = self.local.start(meta, events, None);
+        self.tasks.spawn(replicate(self.clone(), run));
         Ok(())
+    }
+
+    /// Run `id` as `viewer` may see it: this node's copy, or a new mirror
+    /// of what Redis holds.
+    async fn run(self: &Arc<Self>, id: &RunId, viewer: &Viewer) -> Result<Arc<Run>, HubError> {
+        match self.local.local(id) {
+            Some(run) => owned(run, viewer),
+            None => {
+                let stored = self.load_meta(id, viewer).await?;
+                self.mirror(stored).await
+            }
+        }
     }
 }
 
 impl HubBackend for RedisHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
-        let inner = &self.inner;
-        let local = inner.local.clone();
-        inner
-            .start_run(meta.clone(), async move { local.start(meta, events).await })
-            .boxed()
+        self.inner.start_run(meta, events).boxed()
     }
 
     fn start_push(
@@ -950,12 +952,8 @@ impl HubBackend for RedisHub {
 
     fn ended(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<RunStatus, HubError>> {
         async move {
-            let inner = &self.inner;
-            if inner.local.local(&id).is_none() {
-                let stored = inner.load_meta(&id, &viewer).await?;
-                inner.mirror(stored).await?;
-            }
-            inner.local.ended(id, viewer).await
+            let run = self.inner.run(&id, &viewer).await?;
+            Ok(run.ended().await)
         }
         .boxed()
     }
@@ -969,17 +967,8 @@ impl HubBackend for RedisHub {
     ) -> BoxFuture<'_, Result<Resume, HubError>> {
         async move {
             let inner = &self.inner;
-            let run = match inner.local.local(&id) {
-                Some(run) => run,
-                None => {
-                    let stored = inner.load_meta(&id, &viewer).await?;
-                    inner.mirror(stored).await?
-                }
-            };
-            let resume = inner
-                .local
-                .subscribe(id.clone(), after, format, viewer)
-                .await?;
+            let run = inner.run(&id, &viewer).await?;
+            let resume = inner.local.subscribe(run.clone(), after, format)?;
             let Resume::Events(events) = resume else {
                 return Ok(resume);
             };
@@ -1022,8 +1011,8 @@ impl HubBackend for RedisHub {
             let inner = &self.inner;
             // A mirror's own end time is when it learnt of the end: the
             // owner's record is the one to show.
-            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
-                return inner.local.snapshot(id, viewer).await;
+            if let Some(run) = inner.local.driven(&id) {
+                return owned(run, &viewer).map(|run| run.snapshot(true));
             }
             let stored = inner.load_meta(&id, &viewer).await?;
             let frames = inner.retained_frames(&id).await?;
@@ -1081,8 +1070,8 @@ impl HubBackend for RedisHub {
     fn cancel(&self, id: RunId, viewer: Viewer) -> BoxFuture<'_, Result<Cancelled, HubError>> {
         async move {
             let inner = &self.inner;
-            if inner.local.local(&id).is_some_and(|run| !run.is_mirror()) {
-                return inner.local.cancel(id, viewer).await;
+            if let Some(run) = inner.local.driven(&id) {
+                return Ok(owned(run, &viewer)?.cancel().await);
             }
             let stored = inner.load_meta(&id, &viewer).await?;
             if stored.status != RunStatus::Running {
@@ -1123,9 +1112,9 @@ impl HubBackend for RedisHub {
         async move {
             let inner = &self.inner;
             let lost = inner.local.lose_running();
-            if !lost.is_empty() {
+            if lost > 0 {
                 tracing::warn!(
-                    runs = lost.len(),
+                    runs = lost,
                     "ending this node's unfinished runs with node_lost"
                 );
             }
@@ -1135,6 +1124,15 @@ impl HubBackend for RedisHub {
             let _ = bounded(conn.del::<_, ()>(node_key(&inner.node))).await;
         }
         .boxed()
+    }
+}
+
+/// `run` if `viewer` may see it; another owner's run is unknown.
+fn owned(run: Arc<Run>, viewer: &Viewer) -> Result<Arc<Run>, HubError> {
+    if run.meta().owner == *viewer {
+        Ok(run)
+    } else {
+        Err(HubError::NotFound)
     }
 }
 
