@@ -1,5 +1,5 @@
 //! The in-process hub: runs live in this process's memory, in one
-//! [`Node`] with no other nodes to ask.
+//! per-node engine (`hub::node`) with no other nodes to ask.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@ pub mod log;
 pub mod memory;
 mod node;
 pub mod record;
-pub mod redis;
+pub(crate) mod redis;
 
 use std::fmt;
 use std::sync::Arc;

@@ -20,7 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 
-use super::{bounded, events_key, run_key, watch_key, Inner, Stored};
+use super::conn::bounded;
+use super::keys::{events_key, gone_key, run_key, watch_key, GONE_SECS, MAX_EVENTS};
+use super::stored::Stored;
+use super::Inner;
 use crate::agent::push::timed_out;
 use crate::agent::AgentEvent;
 use crate::hub::record::{Entry, Recorder};
@@ -231,7 +234,7 @@ impl Inner {
             .arg(4)
             .arg(run_key(id))
             .arg(events_key(id))
-            .arg(super::gone_key(id))
+            .arg(gone_key(id))
             .arg(PUSHING)
             .arg(producer.published)
             .arg(producer.published + entries.len() as u64)
@@ -246,9 +249,9 @@ impl Inner {
             .arg(end.map_or_else(String::new, |_| crate::hub::rfc3339(SystemTime::now())))
             .arg(end.map_or_else(String::new, |e| e.usage.to_string()))
             .arg(producer.published + 2)
-            .arg(super::MAX_EVENTS)
+            .arg(MAX_EVENTS)
             .arg(self.retention.as_secs().max(1))
-            .arg(self.retention.as_secs() + super::GONE_SECS)
+            .arg(self.retention.as_secs() + GONE_SECS)
             .arg(&stored.owner)
             .arg(id.as_str());
         for entry in entries {
