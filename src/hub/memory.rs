@@ -36,7 +36,7 @@ impl MemoryHub {
 
 impl HubBackend for MemoryHub {
     fn start(&self, meta: RunMeta, events: AgentStream) -> BoxFuture<'_, Result<(), HubError>> {
-        self.node.start(meta, events, None);
+        self.node.start(meta, events, None, None);
         futures::future::ready(Ok(())).boxed()
     }
 
@@ -46,7 +46,7 @@ impl HubBackend for MemoryHub {
         idle_timeout: Duration,
     ) -> BoxFuture<'_, Result<(), HubError>> {
         let (inbox, events) = push::channel(idle_timeout);
-        self.node.start(meta, events, Some(inbox));
+        self.node.start(meta, events, Some(inbox), None);
         futures::future::ready(Ok(())).boxed()
     }
 

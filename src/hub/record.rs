@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::{rfc3339, RunId, RunMeta, RunStatus, Seq};
 use crate::agent::AgentEvent;
@@ -22,10 +22,116 @@ pub struct Entry {
     pub end: Option<RunEnd>,
 }
 
+impl Entry {
+    /// What the entry is, as a shared hub stores it beside the frame:
+    /// `token`, `event` (any other that does not end the run), or the
+    /// status the run ends with.
+    pub(crate) fn kind(&self) -> &'static str {
+        match (&self.end, &self.token) {
+            (Some(end), _) => end.status.as_str(),
+            (None, Some(_)) => "token",
+            (None, None) => "event",
+        }
+    }
+
+    /// The usage the entry's frame carries: a `done` event's, which an
+    /// `error` event has none of.
+    pub(crate) fn frame_usage(&self) -> Option<&Value> {
+        self.end
+            .as_ref()
+            .filter(|end| end.status != RunStatus::Error)
+            .map(|end| &end.usage)
+    }
+
+    /// The entry of a frame stored with its [`Entry::kind`], token text and
+    /// [`Entry::frame_usage`]; `None` for a kind this version does not know.
+    /// What another node logged reads the same as it did there, less the
+    /// timings only the recording node knows.
+    pub(crate) fn stored(
+        frame: Bytes,
+        kind: &str,
+        token: Option<String>,
+        usage: Option<&str>,
+    ) -> Option<Self> {
+        let end = |status| {
+            let usage = match status {
+                RunStatus::Error => json!({}),
+                _ => usage
+                    .and_then(|u| serde_json::from_str(u).ok())
+                    .unwrap_or(Value::Null),
+            };
+            Some(mirrored_end(status, usage))
+        };
+        let (token, end) = match kind {
+            "token" => (token, None),
+            "event" => (None, None),
+            "done" => (None, end(RunStatus::Done)),
+            "cancelled" => (None, end(RunStatus::Cancelled)),
+            "error" => (None, end(RunStatus::Error)),
+            _ => return None,
+        };
+        Some(Self { frame, token, end })
+    }
+
+    /// The entry of a bare frame, read back out of its SSE text: for frames
+    /// stored without their kind (by a node older than the kind fields).
+    pub(crate) fn parse(frame: Bytes) -> Self {
+        let (name, data) = sse::parts(&frame);
+        let data: Value = data
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null);
+        let (token, end) = match name {
+            Some("token") => (data["text"].as_str().map(str::to_owned), None),
+            Some("done") => {
+                let status = if data["finish_reason"] == "cancelled" {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Done
+                };
+                (None, Some(mirrored_end(status, data["usage"].clone())))
+            }
+            Some("error") => (None, Some(mirrored_end(RunStatus::Error, json!({})))),
+            _ => (None, None),
+        };
+        Self { frame, token, end }
+    }
+
+    /// The terminal event of run `run_id` as event `seq`, for a node that
+    /// ends the run of another, lost node (whose usage it cannot know).
+    pub(crate) fn node_lost(run_id: &RunId, seq: Seq) -> Self {
+        let frame = sse::encode(
+            run_id.as_str(),
+            seq,
+            "error",
+            &ErrorData {
+                code: NODE_LOST,
+                message: NODE_LOST_MESSAGE,
+            },
+        );
+        Self {
+            frame,
+            token: None,
+            end: Some(mirrored_end(RunStatus::Error, json!({}))),
+        }
+    }
+}
+
+/// The end of a run recorded elsewhere: without the timings.
+fn mirrored_end(status: RunStatus, usage: Value) -> RunEnd {
+    RunEnd {
+        status,
+        usage,
+        ttft: None,
+        duration: Duration::ZERO,
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEnd {
+    /// `done`, `error` or `cancelled`.
     pub status: RunStatus,
+    /// What the terminal event reports of the run's usage.
     pub usage: Value,
     /// Time from the run's start to its first token, if one came.
     pub ttft: Option<Duration>,
@@ -238,6 +344,7 @@ impl Recorder {
 
 /// The `error` code of a run whose node stopped or died before it finished.
 pub const NODE_LOST: &str = "node_lost";
+/// The `error` message that goes with [`NODE_LOST`].
 pub const NODE_LOST_MESSAGE: &str = "the node running this run stopped before it finished";
 
 /// Event names only Sluice itself may emit.
@@ -294,6 +401,46 @@ mod tests {
         let t = text(&done);
         assert!(t.starts_with("id: r1:3\nevent: done\ndata: {\"finish_reason\":\"stop\",\"usage\":{\"output_tokens\":1},\"ttft_ms\":"), "{t}");
         assert_eq!(done.end.map(|e| e.status), Some(RunStatus::Done));
+    }
+
+    /// A frame read back, from its stored fields or (stored by an older
+    /// node) from its text, is the entry it was, less the timings.
+    #[test]
+    fn entries_read_back_as_they_were_recorded() {
+        let (mut rec, first) = Recorder::start(&meta());
+        let token = rec.record(AgentEvent::Token(" a\nb".into()));
+        let done = rec.cancelled();
+        let lost = Entry::node_lost(&meta().id, 4);
+        for entry in [first, token, done, lost] {
+            let usage = entry.frame_usage().map(Value::to_string);
+            let kind = entry.kind();
+            let stored = Entry::stored(
+                entry.frame.clone(),
+                kind,
+                entry.token.clone(),
+                usage.as_deref(),
+            );
+            let parsed = Entry::parse(entry.frame.clone());
+            for back in [stored.unwrap_or_else(|| parsed.clone()), parsed] {
+                assert_eq!(back.frame, entry.frame, "{kind}");
+                assert_eq!(back.token, entry.token, "{kind}");
+                assert_eq!(
+                    back.end.as_ref().map(|e| e.status),
+                    entry.end.as_ref().map(|e| e.status)
+                );
+                assert_eq!(back.frame_usage(), entry.frame_usage(), "{kind}");
+            }
+        }
+        assert!(Entry::stored(Bytes::new(), "later", None, None).is_none());
+    }
+
+    #[test]
+    fn node_lost_is_an_error_frame_with_its_code() {
+        let lost = Entry::node_lost(&meta().id, 7);
+        assert_eq!(
+            text(&lost),
+            "id: r1:7\nevent: error\ndata: {\"code\":\"node_lost\",\"message\":\"the node running this run stopped before it finished\"}\n\n"
+        );
     }
 
     #[test]

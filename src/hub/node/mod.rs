@@ -32,6 +32,9 @@ pub(crate) use run::Run;
 #[cfg(test)]
 pub(crate) use run::FIRST_SUBSCRIBER_WAIT;
 
+/// Where a run's driver sends a copy of each entry once it is logged.
+pub(crate) type Copies = tokio::sync::mpsc::UnboundedSender<Entry>;
+
 /// How often expired runs are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -122,12 +125,14 @@ impl Node {
     }
 
     /// Registers the run, logs its `run` event and drives `events` in the
-    /// background; a push run also keeps its `inbox`.
+    /// background; a push run also keeps its `inbox`. `copies`, if any,
+    /// gets each entry once it is logged (a shared hub's replicator).
     pub(crate) fn start(
         &self,
         meta: RunMeta,
         events: AgentStream,
         inbox: Option<Inbox>,
+        copies: Option<Copies>,
     ) -> Arc<Run> {
         let shared = self.shared.clone();
         let (recorder, first) = Recorder::start(&meta);
@@ -140,6 +145,7 @@ impl Node {
             shared.presence.clone(),
             inbox,
         ));
+        let copy = copies.as_ref().map(|_| first.clone());
         let size = run.log().append(first);
         registry.insert(run.clone());
         let meta = run.meta();
@@ -157,7 +163,10 @@ impl Node {
             .retained_bytes
             .fetch_add(size as u64, Ordering::Relaxed);
         shared.running.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(run::drive(shared, run.clone(), events, recorder));
+        if let (Some(copies), Some(copy)) = (&copies, copy) {
+            let _ = copies.send(copy);
+        }
+        tokio::spawn(run::drive(shared, run.clone(), events, recorder, copies));
         run
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Presence, Shared};
+use super::{Copies, Presence, Shared};
 use crate::agent::push::{Inbox, Refused};
 use crate::agent::{AgentEvent, AgentStream};
 use crate::hub::log::RunLog;
@@ -204,6 +204,7 @@ pub(super) async fn drive(
     run: Arc<Run>,
     mut events: AgentStream,
     mut recorder: Recorder,
+    copies: Option<Copies>,
 ) {
     let cancelled = run.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
@@ -260,7 +261,13 @@ pub(super) async fn drive(
             },
         };
         let end = entry.end.clone();
+        let copy = copies.as_ref().map(|_| entry.clone());
         let size = run.log.append(entry);
+        if let (Some(copies), Some(copy)) = (&copies, copy) {
+            // Sent once logged, so that the copy's reader finds the end in
+            // the log when the copy is the terminal entry.
+            let _ = copies.send(copy);
+        }
         shared
             .retained_bytes
             .fetch_add(size as u64, Ordering::Relaxed);

@@ -11,16 +11,15 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
-use serde_json::json;
 
 use super::conn::bounded;
 use super::keys::{events_key, node_key, reaped_key, run_key, watch_key, RUNNING};
 use super::replicate::last_seq;
+use super::stream::add_fields;
 use super::Inner;
 use crate::hub::node::Presence;
-use crate::hub::record::{NODE_LOST, NODE_LOST_MESSAGE};
+use crate::hub::record::Entry;
 use crate::hub::{HubError, RunId, RunStatus};
-use crate::wire::sse;
 
 /// Subscribers that other nodes count in Redis, for the disconnect grace.
 pub(super) struct Watchers {
@@ -134,21 +133,14 @@ impl Inner {
             }
             let events_key = events_key(&id);
             let seq = bounded(last_seq(&mut conn, &events_key)).await? + 1;
-            let frame = sse::encode(
-                id.as_str(),
-                seq,
-                "error",
-                &json!({"code": NODE_LOST, "message": NODE_LOST_MESSAGE}),
-            );
+            let lost = Entry::node_lost(&id, seq);
             let owner: Option<String> = bounded(conn.hget(run_key(&id), "owner")).await?;
             tracing::warn!(run_id = %id, node = %node, "the run's node is gone: ending it with node_lost");
             let mut pipe = redis::pipe();
-            pipe.cmd("XADD")
-                .arg(&events_key)
-                .arg(format!("{seq}-0"))
-                .arg("f")
-                .arg(frame.as_ref())
-                .ignore();
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&events_key).arg(format!("{seq}-0"));
+            add_fields(&mut xadd, &lost);
+            pipe.add_command(xadd).ignore();
             for command in self.end_commands(
                 &id,
                 RunStatus::Error,

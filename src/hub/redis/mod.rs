@@ -32,6 +32,7 @@ mod lease;
 mod push;
 mod replicate;
 mod stored;
+mod stream;
 mod writer;
 
 use std::collections::HashMap;
@@ -56,7 +57,6 @@ use crate::metrics::Metrics;
 use crate::wire::Format;
 use conn::REQUEST_TIMEOUT;
 pub(crate) use conn::{bounded, open};
-use follow::entry_of;
 use keys::{chat_key, events_key, node_key, watch_key, GONE_SECS, RUNS};
 pub(crate) use keys::{owner_field, run_key};
 use stored::Stored;
@@ -163,8 +163,10 @@ impl Inner {
         events: AgentStream,
     ) -> Result<(), HubError> {
         self.submit(self.start_commands(&meta, None)).await?;
-        let run = self.local.start(meta, events, None);
-        self.tasks.spawn(replicate::replicate(self.clone(), run));
+        let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
+        let run = self.local.start(meta, events, None, Some(copies));
+        self.tasks
+            .spawn(replicate::replicate(self.clone(), run, logged));
         Ok(())
     }
 
@@ -196,10 +198,8 @@ impl HubBackend for RedisHub {
             let (_, first) = Recorder::start(&meta);
             let mut commands = inner.start_commands(&meta, Some(idle_timeout));
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(events_key(&meta.id))
-                .arg("1-0")
-                .arg("f")
-                .arg(first.frame.as_ref());
+            xadd.arg(events_key(&meta.id)).arg("1-0");
+            stream::add_fields(&mut xadd, &first);
             commands.push(xadd);
             inner.submit(commands).await
         }
@@ -281,11 +281,11 @@ impl HubBackend for RedisHub {
                 return owned(run, &viewer).map(|run| run.snapshot(true));
             }
             let stored = inner.load_meta(&id, &viewer).await?;
-            let frames = inner.retained_frames(&id).await?;
-            let events = frames.last().map_or(0, |(seq, _)| *seq);
-            let text: String = frames
+            let entries = inner.retained_entries(&id).await?;
+            let events = entries.last().map_or(0, |(seq, _)| *seq);
+            let text: String = entries
                 .into_iter()
-                .filter_map(|(_, frame)| entry_of(frame).token)
+                .filter_map(|(_, entry)| entry.token)
                 .collect();
             Ok(stored.snapshot(events, Some(text)))
         }

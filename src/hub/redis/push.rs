@@ -23,6 +23,7 @@ use redis::AsyncCommands;
 use super::conn::bounded;
 use super::keys::{events_key, gone_key, run_key, watch_key, GONE_SECS, MAX_EVENTS};
 use super::stored::Stored;
+use super::stream::add_script_args;
 use super::Inner;
 use crate::agent::push::timed_out;
 use crate::agent::AgentEvent;
@@ -43,7 +44,8 @@ const ATTEMPTS: usize = 100;
 /// `finished` and `usage` (empty unless the frames end the run), the
 /// first frame's seq, the stream's bound (`MAXLEN ~`, as for every run),
 /// the retention and the gone id's lifetime in seconds, the owner, the run
-/// id, then the frames. KEYS also has the gone id's key and the `pushing`
+/// id, then four for each entry: its frame, kind, token text and usage
+/// (the stream's fields, see `super::stream`). KEYS also has the gone id's key and the `pushing`
 /// set. An end expires the run with it, in the same step, so that no
 /// failure after it can leave a finished run's keys forever.
 const APPEND: &str = r"
@@ -52,8 +54,17 @@ local published = redis.call('HGET', KEYS[1], 'published') or '0'
 if status ~= 'running' then return {'finished', status or '', published} end
 if published ~= ARGV[1] then return {'moved', published} end
 local seq = tonumber(ARGV[9])
-for i = 15, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], seq .. '-0', 'f', ARGV[i])
+for i = 15, #ARGV, 4 do
+  local xadd = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[10], seq .. '-0', 'f', ARGV[i], 'k', ARGV[i + 1]}
+  if ARGV[i + 1] == 'token' then
+    table.insert(xadd, 't')
+    table.insert(xadd, ARGV[i + 2])
+  end
+  if ARGV[i + 3] ~= '' then
+    table.insert(xadd, 'u')
+    table.insert(xadd, ARGV[i + 3])
+  end
+  redis.call(unpack(xadd))
   seq = seq + 1
 end
 redis.call('HSET', KEYS[1], 'published', ARGV[2], 'tokens', ARGV[3], 'first_ms', ARGV[4], 'last_ms', ARGV[5])
@@ -255,7 +266,7 @@ impl Inner {
             .arg(&stored.owner)
             .arg(id.as_str());
         for entry in entries {
-            script.arg(entry.frame.as_ref());
+            add_script_args(&mut script, entry);
         }
         let mut conn = self.conn.clone();
         let answer: Vec<String> = bounded(script.query_async(&mut conn)).await?;

@@ -1,46 +1,57 @@
 //! Owner to Redis: a run driven here, appended to its stream as it is
 //! logged.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::conn::Backoff;
 use super::keys::{events_key, owner_field, run_key, seq_of, StreamEntries, MAX_EVENTS};
+use super::stream::add_fields;
 use super::{Inner, BATCH};
 use crate::hub::node::Run;
+use crate::hub::record::Entry;
 use crate::hub::{RunStatus, Seq};
 
-/// Appends a run's frames to its Redis stream as they are logged here, and
-/// its end to its hash. On Redis trouble it waits and resumes from what
-/// Redis last acknowledged; the frames stay in the local log meanwhile.
-pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
+/// Appends a run's entries to its Redis stream as they are logged here,
+/// and its end to its hash. On Redis trouble it waits and resumes from what
+/// Redis last acknowledged; the entries wait in its backlog meanwhile.
+pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>, logged: UnboundedReceiver<Entry>) {
     let id = run.meta().id.clone();
     let (run_key, events_key) = (run_key(&id), events_key(&id));
-    let mut changed = run.log().watch();
+    let mut backlog = Backlog {
+        logged,
+        entries: VecDeque::new(),
+        first: 0,
+    };
     let mut conn = inner.conn.clone();
     let mut cursor = 0usize;
     let mut backoff = Backoff::new();
     loop {
-        let (frames, last) = run.log().frames(cursor, BATCH);
-        if frames.is_empty() {
-            changed.changed().await;
-            continue;
+        if !backlog.ready_from(&run, cursor, BATCH).await {
+            return;
         }
-        let mut commands: Vec<redis::Cmd> = frames
-            .iter()
+        let batch = backlog.entries.len().min(BATCH);
+        let entries = backlog.entries.iter().take(batch);
+        let last = backlog
+            .entries
+            .get(batch - 1)
+            .is_some_and(|e| e.end.is_some());
+        let mut commands: Vec<redis::Cmd> = entries
             .enumerate()
-            .map(|(i, frame)| {
+            .map(|(i, entry)| {
                 let mut xadd = redis::cmd("XADD");
                 xadd.arg(&events_key)
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(MAX_EVENTS)
-                    .arg(format!("{}-0", cursor + i + 1))
-                    .arg("f")
-                    .arg(frame.as_ref());
+                    .arg(format!("{}-0", cursor + i + 1));
+                add_fields(&mut xadd, entry);
                 xadd
             })
             .collect();
@@ -56,7 +67,7 @@ pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
         }
         match inner.submit(commands).await {
             Ok(()) => {
-                cursor += frames.len();
+                cursor += batch;
                 backoff.reset();
                 if last {
                     return;
@@ -81,6 +92,61 @@ pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The entries logged here that Redis may not hold yet, in log order, as
+/// the driver copied them (with their kind and token text, which the log
+/// keeps no record of per event).
+struct Backlog {
+    logged: UnboundedReceiver<Entry>,
+    entries: VecDeque<Entry>,
+    /// The log index of `entries[0]`.
+    first: usize,
+}
+
+impl Backlog {
+    /// Lines the backlog up with log index `cursor` (what Redis holds)
+    /// and takes in what is ready, up to `max`, waiting for one entry at
+    /// least; `false` once the driver has gone with nothing left to send.
+    async fn ready_from(&mut self, run: &Run, cursor: usize, max: usize) -> bool {
+        if cursor < self.first {
+            // Redis lost entries it had acknowledged: only the log has
+            // them still, as frames, read back as a follower would.
+            let (frames, _) = run.log().frames(cursor, self.first - cursor);
+            for frame in frames.into_iter().rev() {
+                self.entries.push_front(Entry::parse(frame));
+                self.first -= 1;
+            }
+        }
+        let acknowledged = cursor.saturating_sub(self.first).min(self.entries.len());
+        self.entries.drain(..acknowledged);
+        self.first += acknowledged;
+        loop {
+            while self.entries.len() < max {
+                match self.logged.try_recv() {
+                    Ok(entry) => self.take(entry, cursor),
+                    Err(_) => break,
+                }
+            }
+            if !self.entries.is_empty() {
+                return true;
+            }
+            match self.logged.recv().await {
+                Some(entry) => self.take(entry, cursor),
+                None => return false,
+            }
+        }
+    }
+
+    /// Keeps the next logged entry, unless Redis holds it already (another
+    /// node wrote past what this one sent).
+    fn take(&mut self, entry: Entry, cursor: usize) {
+        if self.entries.is_empty() && self.first < cursor {
+            self.first += 1;
+        } else {
+            self.entries.push_back(entry);
         }
     }
 }
