@@ -13,7 +13,10 @@
 //!   and [`agent::push`] the inbox of runs whose events a worker publishes.
 //! - [`hub`]: runs and their event logs. Each event is encoded once into shared
 //!   bytes and appended to its run's log; every subscriber walks the log from
-//!   its own cursor. [`hub::memory`] is the in-process backend.
+//!   its own cursor. Each node's runs live in one engine (the registry,
+//!   retention, the drivers, the subscribers); [`hub::memory`] is that
+//!   engine alone, and the shared hub (`[hub] backend = "redis"`) adds
+//!   Redis around it.
 //! - [`wire`]: run events as bytes, one module per client format: Sluice's own
 //!   frames ([`wire::sse`], built once and shared by all subscribers), OpenAI
 //!   chunks and the AI SDK's UI message stream (rendered once per event per

@@ -3,7 +3,7 @@
 //!
 //! The lock is per run and held only to push or to clone a few `Bytes`
 //! handles, never across an await: a std `Mutex` is cheaper than tokio's for
-//! that. Waiting is done on a change signal ([`super::changes`]) whose
+//! that. Waiting is done on a change signal (`hub::changes`) whose
 //! version moves on every append, so a subscriber that read the log and
 //! then waits cannot miss an event appended in between.
 //!
@@ -80,11 +80,14 @@ pub enum Read {
     /// Frames from the cursor on, concatenated, how many there are, and how
     /// many were ready in all.
     Chunk {
+        /// The frames, concatenated.
         bytes: Bytes,
+        /// How many frames `bytes` holds.
         events: usize,
+        /// How many were ready in all.
         ready: usize,
     },
-    /// Nothing yet; wait on [`RunLog::watch`].
+    /// Nothing yet; wait for the next append.
     Pending,
     /// The run has ended and the cursor is past its last event.
     Ended,
@@ -92,12 +95,17 @@ pub enum Read {
 
 /// A consistent view of the log for snapshots.
 #[derive(Debug, Clone)]
-pub struct Summary {
-    pub events: u64,
-    pub status: RunStatus,
-    pub finished_at: Option<SystemTime>,
-    pub text: Option<String>,
-    pub usage: Option<Value>,
+pub(crate) struct Summary {
+    /// Events logged.
+    pub(crate) events: u64,
+    /// The run's status.
+    pub(crate) status: RunStatus,
+    /// When the terminal event was logged.
+    pub(crate) finished_at: Option<SystemTime>,
+    /// All token text, when asked for.
+    pub(crate) text: Option<String>,
+    /// The terminal event's usage.
+    pub(crate) usage: Option<Value>,
 }
 
 impl Default for RunLog {
@@ -107,6 +115,7 @@ impl Default for RunLog {
 }
 
 impl RunLog {
+    /// An empty log.
     pub fn new() -> Self {
         Self {
             state: Mutex::new(LogState::default()),
@@ -150,7 +159,7 @@ impl RunLog {
 
     /// Resolves with the run's status once it has ended, woken by the
     /// terminal event alone.
-    pub async fn wait_end(&self) -> RunStatus {
+    pub(crate) async fn wait_end(&self) -> RunStatus {
         loop {
             let ended = self.ended.notified();
             tokio::pin!(ended);
@@ -214,13 +223,13 @@ impl RunLog {
     }
 
     /// A receiver that wakes on the next append.
-    pub fn watch(&self) -> Changes {
+    pub(crate) fn watch(&self) -> Changes {
         self.changed.subscribe()
     }
 
     /// Up to `max` frames after the first `cursor`, each on its own, and
     /// whether the last of them is the run's terminal event.
-    pub fn frames(&self, cursor: usize, max: usize) -> (Vec<Bytes>, bool) {
+    pub(crate) fn frames(&self, cursor: usize, max: usize) -> (Vec<Bytes>, bool) {
         let state = self.lock();
         let ready = state.frames.len().saturating_sub(cursor);
         let taken: Vec<Bytes> = (cursor..)
@@ -238,7 +247,7 @@ impl RunLog {
     }
 
     /// The run's status.
-    pub fn status(&self) -> RunStatus {
+    pub(crate) fn status(&self) -> RunStatus {
         self.lock()
             .end
             .as_ref()
@@ -251,7 +260,7 @@ impl RunLog {
     }
 
     /// The log as a snapshot shows it.
-    pub fn summary(&self, with_text: bool) -> Summary {
+    pub(crate) fn summary(&self, with_text: bool) -> Summary {
         let state = self.lock();
         Summary {
             events: state.frames.len() as u64,

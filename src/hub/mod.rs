@@ -2,15 +2,21 @@
 //!
 //! The [`Hub`] is what the HTTP layer talks to: start a run from an agent's
 //! event stream, subscribe to a run from a cursor, take snapshots, list and
-//! cancel. It is a cheap handle around a [`HubBackend`]; the in-memory
-//! backend ([`memory::MemoryHub`]) is the embedded default, and a shared
-//! backend plugs in behind the same trait without touching `http/`.
+//! cancel. It is a cheap handle around a [`HubBackend`], which
+//! [`Hub::connect`] picks from the config, so `http/` names no backend.
+//!
+//! Both backends are thin around one per-node engine (`node`: the
+//! registry, retention, gone ids, each run's driver, the idle check and
+//! the subscribers). The in-memory backend ([`memory::MemoryHub`]) is that
+//! engine alone; the shared one (`redis`) replicates the runs its node
+//! drives to Redis and mirrors the others' into the engine, and asks Redis
+//! whether a run is watched on another node (the engine's `Presence`).
 //!
 //! Every backend records events the same way, through [`record::Recorder`]:
 //! each agent event becomes its SSE frame once, and that frame is what is
 //! stored and sent to every subscriber.
 
-pub mod changes;
+pub(crate) mod changes;
 mod frames;
 pub mod log;
 pub mod memory;
@@ -66,6 +72,7 @@ impl RunId {
         ok.then(|| Self(text.into()))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -132,12 +139,16 @@ impl fmt::Display for RunStatus {
 /// What a run is, fixed when it starts.
 #[derive(Debug, Clone)]
 pub struct RunMeta {
+    /// The run's id.
     pub id: RunId,
+    /// The name of the agent that produces its events.
     pub agent: String,
     /// The agent's model, or its name when it has none: what `format=openai`
     /// chunks name as their `model`.
     pub model: String,
+    /// What the run was asked.
     pub prompt: String,
+    /// When it started.
     pub created_at: SystemTime,
     /// The AI SDK chat the run answers (`POST /api/chat`), if any: the
     /// chat's latest run is found by it.
@@ -167,17 +178,24 @@ impl RunMeta {
 /// A run as `GET /api/runs/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSnapshot {
+    /// The run's id.
     pub id: RunId,
+    /// The name of its agent.
     pub agent: String,
+    /// What it was asked.
     pub prompt: String,
+    /// Where it is in its life.
     pub status: RunStatus,
+    /// When it started (RFC 3339).
     pub created_at: String,
+    /// When it ended (RFC 3339), once it has.
     pub finished_at: Option<String>,
     /// How many events the run has logged so far.
     pub events: u64,
     /// All token text so far; left out of listings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The usage its terminal event reported, once it has ended.
     pub usage: Option<Value>,
 }
 
@@ -191,6 +209,7 @@ impl Serialize for RunId {
 /// everything that was ready when it was read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
+    /// The frames, concatenated.
     pub bytes: Bytes,
     /// How many events `bytes` holds.
     pub events: u64,
@@ -226,12 +245,21 @@ pub enum Cancelled {
 /// Why the hub could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
+    /// No such run, or another owner's.
     #[error("unknown run")]
     NotFound,
+    /// The run existed but has been evicted.
     #[error("the run's events are no longer retained")]
     Gone,
+    /// A resume cursor past the run's last event.
     #[error("event {after} is beyond the run's last event ({last})")]
-    BeyondEnd { after: Seq, last: Seq },
+    BeyondEnd {
+        /// The cursor asked for.
+        after: Seq,
+        /// The run's last event.
+        last: Seq,
+    },
+    /// The shared hub cannot be reached (a `503`).
     #[error("hub unavailable: {0}")]
     Unavailable(String),
     /// Events were published to a run that is not a push run.
@@ -239,10 +267,20 @@ pub enum HubError {
     NotPush,
     /// A publish's `Sluice-Offset` is beyond what the run holds.
     #[error("Sluice-Offset {given} is beyond the run's offset {offset}: publish from {offset}")]
-    OffsetMismatch { given: Seq, offset: Seq },
+    OffsetMismatch {
+        /// The offset the producer sent.
+        given: Seq,
+        /// The events the run holds.
+        offset: Seq,
+    },
     /// A publish to a run that has ended.
     #[error("the run has ended ({status:?}); nothing more can be published to it")]
-    Finished { status: RunStatus, offset: Seq },
+    Finished {
+        /// How the run ended.
+        status: RunStatus,
+        /// The events published to it.
+        offset: Seq,
+    },
 }
 
 /// What a publish to a push run did.
@@ -347,10 +385,12 @@ impl Hub {
         })
     }
 
+    /// Starts a run driven by `events` (see [`HubBackend::start`]).
     pub async fn start(&self, meta: RunMeta, events: AgentStream) -> Result<(), HubError> {
         self.backend.start(meta, events).await
     }
 
+    /// A run's events after `after` (see [`HubBackend::subscribe`]).
     pub async fn subscribe(
         &self,
         id: RunId,
@@ -361,6 +401,7 @@ impl Hub {
         self.backend.subscribe(id, after, format, viewer).await
     }
 
+    /// Starts a push run (see [`HubBackend::start_push`]).
     pub async fn start_push(
         &self,
         meta: RunMeta,
@@ -369,6 +410,7 @@ impl Hub {
         self.backend.start_push(meta, idle_timeout).await
     }
 
+    /// Appends published events to a push run (see [`HubBackend::publish`]).
     pub async fn publish(
         &self,
         id: RunId,
@@ -379,41 +421,49 @@ impl Hub {
         self.backend.publish(id, viewer, given, events).await
     }
 
+    /// Resolves with a run's status once it has ended.
     pub async fn ended(&self, id: RunId, viewer: Viewer) -> Result<RunStatus, HubError> {
         self.backend.ended(id, viewer).await
     }
 
+    /// The latest run of the viewer's AI SDK chat `chat`, while retained.
     pub async fn chat_run(&self, chat: String, viewer: Viewer) -> Result<Option<RunId>, HubError> {
         self.backend.chat_run(chat, viewer).await
     }
 
+    /// A run as it is now, with its text.
     pub async fn snapshot(&self, id: RunId, viewer: Viewer) -> Result<RunSnapshot, HubError> {
         self.backend.snapshot(id, viewer).await
     }
 
+    /// Up to `limit` of the viewer's runs, newest first, without text.
     pub async fn list(&self, limit: usize, viewer: Viewer) -> Result<Vec<RunSnapshot>, HubError> {
         self.backend.list(limit, viewer).await
     }
 
+    /// Cancels a running run.
     pub async fn cancel(&self, id: RunId, viewer: Viewer) -> Result<Cancelled, HubError> {
         self.backend.cancel(id, viewer).await
     }
 
+    /// Runs of this node that are still running.
     pub fn running(&self) -> usize {
         self.backend.running()
     }
 
+    /// Runs of `owner` on this node that are still running.
     pub fn running_for(&self, owner: &Viewer) -> usize {
         self.backend.running_for(owner)
     }
 
+    /// Ends what this node cannot finish, before it stops.
     pub async fn shutdown(&self) {
         self.backend.shutdown().await;
     }
 }
 
 /// RFC 3339 with milliseconds, UTC: how every timestamp is shown.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 

@@ -200,7 +200,12 @@ impl Recorder {
     /// A recorder that goes on after `seq` events, `tokens` of them tokens,
     /// the first `first_token` after the run started: for a run that
     /// several processes record in turn (a push run on a shared hub).
-    pub fn resume(meta: &RunMeta, seq: Seq, tokens: u64, first_token: Option<Duration>) -> Self {
+    pub(crate) fn resume(
+        meta: &RunMeta,
+        seq: Seq,
+        tokens: u64,
+        first_token: Option<Duration>,
+    ) -> Self {
         let age = std::time::SystemTime::now()
             .duration_since(meta.created_at)
             .unwrap_or_default();
@@ -214,12 +219,12 @@ impl Recorder {
     }
 
     /// Token events recorded so far.
-    pub fn tokens(&self) -> u64 {
+    pub(crate) fn tokens(&self) -> u64 {
         self.tokens
     }
 
     /// When the first token came, after the run's start.
-    pub fn first_token(&self) -> Option<Duration> {
+    pub(crate) fn first_token(&self) -> Option<Duration> {
         self.first_token
     }
 
@@ -255,17 +260,17 @@ impl Recorder {
     }
 
     /// The terminal event of a cancelled run.
-    pub fn cancelled(&mut self) -> Entry {
+    pub(crate) fn cancelled(&mut self) -> Entry {
         self.done("cancelled", Map::new(), RunStatus::Cancelled)
     }
 
     /// The terminal event of an agent stream that ended without one.
-    pub fn ended_early(&mut self) -> Entry {
+    pub(crate) fn ended_early(&mut self) -> Entry {
         self.error("agent_ended", "the agent stopped without finishing the run")
     }
 
     /// The terminal event of a run that reached `runs.max_run_secs`.
-    pub fn timed_out(&mut self, limit: Duration) -> Entry {
+    pub(crate) fn timed_out(&mut self, limit: Duration) -> Entry {
         self.error(
             "run_timeout",
             &format!(
@@ -276,17 +281,17 @@ impl Recorder {
     }
 
     /// The terminal event of a run whose node stopped before it finished.
-    pub fn node_lost(&mut self) -> Entry {
+    pub(crate) fn node_lost(&mut self) -> Entry {
         self.error(NODE_LOST, NODE_LOST_MESSAGE)
     }
 
     /// The terminal event of an agent that panicked.
-    pub fn panicked(&mut self) -> Entry {
+    pub(crate) fn panicked(&mut self) -> Entry {
         self.error("agent_panicked", "the agent failed unexpectedly")
     }
 
     /// Events recorded so far.
-    pub fn seq(&self) -> Seq {
+    pub(crate) fn seq(&self) -> Seq {
         self.seq
     }
 
@@ -343,9 +348,9 @@ impl Recorder {
 }
 
 /// The `error` code of a run whose node stopped or died before it finished.
-pub const NODE_LOST: &str = "node_lost";
+pub(crate) const NODE_LOST: &str = "node_lost";
 /// The `error` message that goes with [`NODE_LOST`].
-pub const NODE_LOST_MESSAGE: &str = "the node running this run stopped before it finished";
+pub(crate) const NODE_LOST_MESSAGE: &str = "the node running this run stopped before it finished";
 
 /// Event names only Sluice itself may emit.
 const RESERVED: &[&str] = &["run", "token", "done", "error"];
