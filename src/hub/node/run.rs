@@ -13,7 +13,7 @@ use super::{Copies, Presence, Shared};
 use crate::agent::push::{Inbox, Refused};
 use crate::agent::{AgentEvent, AgentStream};
 use crate::hub::log::RunLog;
-use crate::hub::record::Recorder;
+use crate::hub::record::{Entry, Recorder};
 use crate::hub::{rfc3339, Cancelled, HubError, Published, RunMeta, RunSnapshot, RunStatus, Seq};
 
 /// The least time a run with `cancel_on_disconnect` waits for its first
@@ -241,14 +241,7 @@ pub(super) async fn drive(
                 } else {
                     awaiting_first = false;
                     deadline.as_mut().reset(started + limit);
-                    if run.epoch.load(Ordering::SeqCst) == 0 {
-                        if watched_elsewhere(&run).await {
-                            schedule_idle_check(run.clone(), shared.disconnect_grace);
-                        } else {
-                            tracing::info!(run_id = %run.meta.id, "no subscriber came: cancelling");
-                            run.cancel.cancel();
-                        }
-                    }
+                    check_first_subscriber(&run, shared.disconnect_grace).await;
                     continue;
                 }
             }
@@ -260,21 +253,7 @@ pub(super) async fn drive(
                 Err(_) => recorder.panicked(),
             },
         };
-        let end = entry.end.clone();
-        let copy = copies.as_ref().map(|_| entry.clone());
-        let size = run.log.append(entry);
-        if let (Some(copies), Some(copy)) = (&copies, copy) {
-            // Sent once logged, so that the copy's reader finds the end in
-            // the log when the copy is the terminal entry.
-            let _ = copies.send(copy);
-        }
-        shared
-            .retained_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
-        if let Some(end) = end {
-            shared
-                .metrics
-                .run_finished(&run.meta.agent, end.status, end.ttft, end.duration);
+        if log_entry(&shared, &run, entry, copies.as_ref()) {
             break;
         }
         // An agent whose stream is always ready (sim at interval 0) would
@@ -284,6 +263,43 @@ pub(super) async fn drive(
     drop(events);
     tracing::debug!(run_id = %run.meta.id, status = ?run.log.status(), events = recorder.seq(), "run finished");
     shared.finished(&run);
+}
+
+/// Logs a driven run's entry, hands `copies` its copy, counts its bytes
+/// and, for the terminal one, the run's metrics; whether it was that.
+fn log_entry(shared: &Shared, run: &Run, entry: Entry, copies: Option<&Copies>) -> bool {
+    let end = entry.end.clone();
+    let copy = copies.map(|_| entry.clone());
+    let size = run.log.append(entry);
+    if let (Some(copies), Some(copy)) = (copies, copy) {
+        // Sent once logged, so that the copy's reader finds the end in the
+        // log when the copy is the terminal entry.
+        let _ = copies.send(copy);
+    }
+    shared
+        .retained_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
+    let Some(end) = end else {
+        return false;
+    };
+    shared
+        .metrics
+        .run_finished(&run.meta.agent, end.status, end.ttft, end.duration);
+    true
+}
+
+/// The first-subscriber wait of a run that ends when its clients leave is
+/// over: with nobody come, here or (asked) elsewhere, it is cancelled.
+async fn check_first_subscriber(run: &Arc<Run>, grace: Duration) {
+    if run.epoch.load(Ordering::SeqCst) != 0 {
+        return;
+    }
+    if watched_elsewhere(run).await {
+        schedule_idle_check(run.clone(), grace);
+    } else {
+        tracing::info!(run_id = %run.meta.id, "no subscriber came: cancelling");
+        run.cancel.cancel();
+    }
 }
 
 /// Whether subscribers on other nodes watch `run`.

@@ -23,13 +23,11 @@ use crate::hub::{RunStatus, Seq};
 /// Redis last acknowledged; the entries wait in its backlog meanwhile.
 pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>, logged: UnboundedReceiver<Entry>) {
     let id = run.meta().id.clone();
-    let (run_key, events_key) = (run_key(&id), events_key(&id));
     let mut backlog = Backlog {
         logged,
         entries: VecDeque::new(),
         first: 0,
     };
-    let mut conn = inner.conn.clone();
     let mut cursor = 0usize;
     let mut backoff = Backoff::new();
     loop {
@@ -37,34 +35,12 @@ pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>, logged: Unbounde
             return;
         }
         let batch = backlog.entries.len().min(BATCH);
-        let entries = backlog.entries.iter().take(batch);
         let last = backlog
             .entries
             .get(batch - 1)
             .is_some_and(|e| e.end.is_some());
-        let mut commands: Vec<redis::Cmd> = entries
-            .enumerate()
-            .map(|(i, entry)| {
-                let mut xadd = redis::cmd("XADD");
-                xadd.arg(&events_key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(MAX_EVENTS)
-                    .arg(format!("{}-0", cursor + i + 1));
-                add_fields(&mut xadd, entry);
-                xadd
-            })
-            .collect();
-        if last {
-            let summary = run.log().summary(false);
-            commands.extend(inner.end_commands(
-                &id,
-                summary.status,
-                summary.finished_at.unwrap_or_else(SystemTime::now),
-                summary.usage.map(|u| u.to_string()).unwrap_or_default(),
-                owner_field(&run.meta().owner),
-            ));
-        }
+        let entries = backlog.entries.iter().take(batch);
+        let commands = commands(&inner, &run, entries, cursor, last);
         match inner.submit(commands).await {
             Ok(()) => {
                 cursor += batch;
@@ -76,24 +52,70 @@ pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>, logged: Unbounde
             Err(e) => {
                 tracing::warn!(run_id = %id, "cannot write to Redis, retrying: {e}");
                 backoff.wait().await;
-                // Some of the batch may have landed: go on from what Redis has.
-                if let Ok(seq) = last_seq(&mut conn, &events_key).await {
-                    cursor = usize::try_from(seq).unwrap_or(cursor);
-                }
-                // Another node ended the run (its lease looked lost): this
-                // node's copy ends the same way, and writes no more.
-                let status: redis::RedisResult<Option<String>> =
-                    conn.hget(&run_key, "status").await;
-                if let Ok(Some(status)) = status {
-                    if status != RunStatus::Running.as_str() {
-                        tracing::warn!(run_id = %id, "another node ended this run: stopping it here");
-                        run.lose();
-                        return;
-                    }
+                if !recover(&inner, &run, &mut cursor).await {
+                    return;
                 }
             }
         }
     }
+}
+
+/// The commands that append `entries` after event `cursor`, and with the
+/// `last` of them, the run's end.
+fn commands<'a>(
+    inner: &Inner,
+    run: &Run,
+    entries: impl Iterator<Item = &'a Entry>,
+    cursor: usize,
+    last: bool,
+) -> Vec<redis::Cmd> {
+    let id = &run.meta().id;
+    let events_key = events_key(id);
+    let mut commands: Vec<redis::Cmd> = entries
+        .enumerate()
+        .map(|(i, entry)| {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&events_key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_EVENTS)
+                .arg(format!("{}-0", cursor + i + 1));
+            add_fields(&mut xadd, entry);
+            xadd
+        })
+        .collect();
+    if last {
+        let summary = run.log().summary(false);
+        commands.extend(inner.end_commands(
+            id,
+            summary.status,
+            summary.finished_at.unwrap_or_else(SystemTime::now),
+            summary.usage.map(|u| u.to_string()).unwrap_or_default(),
+            owner_field(&run.meta().owner),
+        ));
+    }
+    commands
+}
+
+/// After a failed write: moves `cursor` to what Redis has (some of the
+/// batch may have landed); `false` when another node has ended the run
+/// (its lease looked lost), which then ends the same way here and writes
+/// no more.
+async fn recover(inner: &Inner, run: &Run, cursor: &mut usize) -> bool {
+    let id = &run.meta().id;
+    let mut conn = inner.conn.clone();
+    if let Ok(seq) = last_seq(&mut conn, &events_key(id)).await {
+        *cursor = usize::try_from(seq).unwrap_or(*cursor);
+    }
+    let status: redis::RedisResult<Option<String>> = conn.hget(run_key(id), "status").await;
+    if let Ok(Some(status)) = status {
+        if status != RunStatus::Running.as_str() {
+            tracing::warn!(run_id = %id, "another node ended this run: stopping it here");
+            run.lose();
+            return false;
+        }
+    }
+    true
 }
 
 /// The entries logged here that Redis may not hold yet, in log order, as
