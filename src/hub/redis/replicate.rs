@@ -185,3 +185,76 @@ pub(super) async fn last_seq(conn: &mut ConnectionManager, key: &str) -> redis::
         .await?;
     Ok(newest.first().map_or(0, |(id, _)| seq_of(id)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentEvent;
+    use crate::config::RunsConfig;
+    use crate::hub::node::{Alone, Node};
+    use crate::hub::record::Recorder;
+    use crate::hub::RunMeta;
+    use crate::metrics::Metrics;
+    use bytes::Bytes;
+
+    fn frames(backlog: &Backlog) -> Vec<Bytes> {
+        backlog.entries.iter().map(|e| e.frame.clone()).collect()
+    }
+
+    /// The backlog follows the cursor wherever Redis puts it: past what it
+    /// acknowledged, back before it (from the log), ahead of what was sent.
+    #[tokio::test]
+    async fn the_backlog_lines_up_with_what_redis_holds() {
+        let meta = RunMeta {
+            id: crate::hub::RunId::parse("r1").unwrap(),
+            agent: "sim".into(),
+            model: "sim".into(),
+            prompt: String::new(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            chat: None,
+            cancel_on_disconnect: false,
+            owner: None,
+        };
+        let (mut recorder, first) = Recorder::start(&meta);
+        let mut entries = vec![first];
+        for n in 0..5 {
+            entries.push(recorder.record(AgentEvent::Token(format!(" {n}"))));
+        }
+        let node = Node::new(
+            &RunsConfig::default(),
+            Metrics::new().unwrap(),
+            Arc::new(Alone),
+        );
+        let (run, _) = node.mirror(meta, entries.clone());
+        let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
+        let mut backlog = Backlog {
+            logged,
+            entries: VecDeque::new(),
+            first: 0,
+        };
+        let frame = |i: usize| entries[i].frame.clone();
+        for entry in &entries[..3] {
+            copies.send(entry.clone()).unwrap();
+        }
+        assert!(backlog.ready_from(&run, 0, 10).await);
+        assert_eq!(frames(&backlog), [frame(0), frame(1), frame(2)]);
+        assert!(backlog.ready_from(&run, 2, 10).await);
+        assert_eq!((backlog.first, frames(&backlog)), (2, vec![frame(2)]));
+        assert!(backlog.ready_from(&run, 1, 10).await, "Redis lost event 2");
+        assert_eq!(
+            (backlog.first, frames(&backlog)),
+            (1, vec![frame(1), frame(2)])
+        );
+        assert_eq!(backlog.entries[0].token, entries[1].token);
+        for entry in &entries[3..] {
+            copies.send(entry.clone()).unwrap();
+        }
+        assert!(
+            backlog.ready_from(&run, 5, 10).await,
+            "another node wrote 4 and 5"
+        );
+        assert_eq!((backlog.first, frames(&backlog)), (5, vec![frame(5)]));
+        drop(copies);
+        assert!(!backlog.ready_from(&run, 6, 10).await);
+    }
+}
