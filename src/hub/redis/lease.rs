@@ -4,11 +4,11 @@
 //! disconnect grace asks all of them ([`Presence`]).
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -19,7 +19,7 @@ use super::stream::add_fields;
 use super::Inner;
 use crate::hub::node::Presence;
 use crate::hub::record::Entry;
-use crate::hub::{HubError, RunId, RunStatus};
+use crate::hub::{HubError, RunId, RunStatus, Subscription};
 
 /// Subscribers that other nodes count in Redis, for the disconnect grace.
 pub(super) struct Watchers {
@@ -154,5 +154,55 @@ impl Inner {
         }
         *missing = still_missing;
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Subscribers of mirrored runs on this node, as other nodes see them.
+    async fn count_watcher(&self, id: &RunId, by: i64) {
+        let mut conn = self.conn.clone();
+        let key = watch_key(id);
+        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        let _ = bounded(
+            redis::pipe()
+                .hincr(&key, &self.node, by)
+                .ignore()
+                .expire(&key, secs.max(60))
+                .ignore()
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+
+    /// `events` of mirrored run `id`, its subscriber counted where the
+    /// run's owner can see it for as long as the stream lives.
+    pub(super) async fn counted(self: &Arc<Self>, id: RunId, events: Subscription) -> Subscription {
+        self.count_watcher(&id, 1).await;
+        let guard = WatchGuard {
+            inner: self.clone(),
+            id,
+        };
+        events
+            .map(move |chunk| {
+                let _ = &guard;
+                chunk
+            })
+            .boxed()
+    }
+}
+
+/// Uncounts a subscriber of a mirrored run when its stream is dropped.
+struct WatchGuard {
+    inner: Arc<Inner>,
+    id: RunId,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        let id = self.id.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inner.count_watcher(&id, -1).await });
+        }
     }
 }

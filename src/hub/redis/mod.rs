@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio_util::task::TaskTracker;
@@ -57,7 +57,7 @@ use crate::metrics::Metrics;
 use crate::wire::Format;
 use conn::REQUEST_TIMEOUT;
 pub(crate) use conn::{bounded, open};
-use keys::{chat_key, events_key, node_key, watch_key, GONE_SECS, RUNS};
+use keys::{chat_key, events_key, node_key, GONE_SECS, RUNS};
 pub(crate) use keys::{owner_field, run_key};
 use stored::Stored;
 use writer::Write;
@@ -139,22 +139,6 @@ impl RedisHub {
 }
 
 impl Inner {
-    /// Subscribers of mirrored runs on this node, as other nodes see them.
-    async fn count_watcher(&self, id: &RunId, by: i64) {
-        let mut conn = self.conn.clone();
-        let key = watch_key(id);
-        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
-        let _ = bounded(
-            redis::pipe()
-                .hincr(&key, &self.node, by)
-                .ignore()
-                .expire(&key, secs.max(60))
-                .ignore()
-                .query_async::<()>(&mut conn),
-        )
-        .await;
-    }
-
     /// Registers the run in Redis, starts it here, and replicates its
     /// log. With Redis down, new runs are refused.
     async fn start_run(
@@ -241,20 +225,7 @@ impl HubBackend for RedisHub {
             if !run.is_mirror() || run.log().status() != RunStatus::Running {
                 return Ok(Resume::Events(events));
             }
-            // Count this subscriber where the run's owner can see it.
-            inner.count_watcher(&id, 1).await;
-            let guard = WatchGuard {
-                inner: inner.clone(),
-                id,
-            };
-            Ok(Resume::Events(
-                events
-                    .map(move |chunk| {
-                        let _ = &guard;
-                        chunk
-                    })
-                    .boxed(),
-            ))
+            Ok(Resume::Events(inner.counted(id, events).await))
         }
         .boxed()
     }
@@ -389,21 +360,5 @@ fn owned(run: Arc<Run>, viewer: &Viewer) -> Result<Arc<Run>, HubError> {
         Ok(run)
     } else {
         Err(HubError::NotFound)
-    }
-}
-
-/// Uncounts a subscriber of a mirrored run when its stream is dropped.
-struct WatchGuard {
-    inner: Arc<Inner>,
-    id: RunId,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        let inner = self.inner.clone();
-        let id = self.id.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { inner.count_watcher(&id, -1).await });
-        }
     }
 }
