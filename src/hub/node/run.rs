@@ -20,6 +20,8 @@ use crate::hub::{rfc3339, Cancelled, HubError, Published, RunMeta, RunSnapshot, 
 /// subscriber, even with a disconnect grace of 0: the one-shot route
 /// subscribes right after starting the run, possibly on another thread.
 pub(crate) const FIRST_SUBSCRIBER_WAIT: Duration = Duration::from_secs(1);
+/// A run's deadline when `runs.max_run_secs` sets none.
+const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// How long `DELETE` waits for the cancelled run's terminal event.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
@@ -209,21 +211,15 @@ pub(super) async fn drive(
     let cancelled = run.cancel.clone().cancelled_owned();
     tokio::pin!(cancelled);
     // One timer for the whole run; a far deadline stands for "no limit".
-    let limit = shared
-        .max_run
-        .unwrap_or(Duration::from_secs(100 * 365 * 24 * 3600));
+    let limit = shared.max_run.unwrap_or(NO_LIMIT);
     let started = tokio::time::Instant::now();
     // A run that ends when its clients leave first checks, with the same
     // timer, that a client came at all; later leaves are the subscribers'
     // own to report.
     let mut awaiting_first = run.meta.cancel_on_disconnect;
-    let first_check = if awaiting_first {
-        shared
-            .disconnect_grace
-            .max(FIRST_SUBSCRIBER_WAIT)
-            .min(limit)
-    } else {
-        limit
+    let first_check = match awaiting_first {
+        true => first_subscriber_wait(shared.disconnect_grace).min(limit),
+        false => limit,
     };
     let deadline = tokio::time::sleep_until(started + first_check);
     tokio::pin!(deadline);
@@ -263,6 +259,11 @@ pub(super) async fn drive(
     drop(events);
     tracing::debug!(run_id = %run.meta.id, status = ?run.log.status(), events = recorder.seq(), "run finished");
     shared.finished(&run);
+}
+
+/// How long a run that ends when its clients leave waits for its first.
+fn first_subscriber_wait(grace: Duration) -> Duration {
+    grace.max(FIRST_SUBSCRIBER_WAIT)
 }
 
 /// Logs a driven run's entry, hands `copies` its copy, counts its bytes
