@@ -570,6 +570,27 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_backend_is_named_in_the_file_or_the_environment() {
+        let backend = |text: &str, pairs: &[(&str, &str)]| {
+            Config::from_toml(text, env(pairs)).map(|c| c.hub.backend)
+        };
+        assert!(matches!(backend("", &[]), Ok(Backend::Memory)));
+        assert!(matches!(
+            backend("[hub]\nbackend = \"redis\"", &[]),
+            Ok(Backend::Redis)
+        ));
+        assert!(matches!(
+            backend("", &[("SLUICE_HUB_BACKEND", "redis")]),
+            Ok(Backend::Redis)
+        ));
+        let unknown = backend("", &[("SLUICE_HUB_BACKEND", "etcd")]).map_err(|e| e.to_string());
+        assert_eq!(
+            unknown.err().as_deref(),
+            Some("invalid config: hub.backend `etcd` is unknown (expected memory or redis)")
+        );
+    }
+
+    #[test]
     fn sluice_api_keys_count_as_keys() {
         let config = Config::from_toml("", env(&[("SLUICE_API_KEYS", "k1, k2")])).ok();
         assert_eq!(
