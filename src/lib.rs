@@ -31,6 +31,8 @@
 //! - [`mod@bench`]: `sluice bench`, a load test of any SSE endpoint.
 //! - [`cli`] and [`telemetry`]: what the `sluice` binary needs around them.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod auth;
 pub mod bench;
