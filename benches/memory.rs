@@ -6,8 +6,10 @@
 //! the bytes the allocator was asked for and still holds (exact, counted by
 //! an instrumented allocator), and the resident set (what the operating
 //! system sees, including the allocator's own overhead per allocation).
-//! The workload is the load bench's throughput scenario: 100 runs of 20,000
-//! sim tokens, finished.
+//! The workloads are the load bench's throughput scenario (100 runs of
+//! 20,000 sim tokens, finished) and its c100k scenario (19,000 runs still
+//! going, 75 events in); a running run's log also holds its metadata and
+//! its newest frames unsealed.
 
 use std::alloc::System;
 use std::time::SystemTime;
@@ -38,21 +40,23 @@ fn meta(id: &RunId) -> RunMeta {
     }
 }
 
-/// A finished run of `TOKENS` sim tokens, as the hub logs it.
-fn finished_run(n: usize) -> (RunMeta, RunLog) {
+/// A run of `tokens` sim tokens as the hub logs it, finished or still going.
+fn run(n: usize, tokens: usize, finished: bool) -> (RunMeta, RunLog) {
     let id = RunId::generate().unwrap_or_else(|e| panic!("randomness: {e}"));
     let meta = meta(&id);
     let log = RunLog::new();
     let (mut recorder, first) = Recorder::start(&meta);
     log.append(first);
     let seed = sluice::agent::sim::prompt_seed(&format!("bench{n}"));
-    for i in 0..TOKENS as u64 {
+    for i in 0..tokens as u64 {
         log.append(recorder.record(AgentEvent::Token(sluice::agent::sim::token(seed, i))));
     }
-    log.append(recorder.record(AgentEvent::Done {
-        finish_reason: "stop".into(),
-        usage: Default::default(),
-    }));
+    if finished {
+        log.append(recorder.record(AgentEvent::Done {
+            finish_reason: "stop".into(),
+            usage: Default::default(),
+        }));
+    }
     (meta, log)
 }
 
@@ -84,7 +88,7 @@ fn main() {
     // The logs of the throughput scenario, format=sluice.
     let rss_before = rss_bytes();
     let region = Region::new(GLOBAL);
-    let logs: Vec<(RunMeta, RunLog)> = (0..RUNS).map(finished_run).collect();
+    let logs: Vec<(RunMeta, RunLog)> = (0..RUNS).map(|n| run(n, TOKENS, true)).collect();
     let change = region.change();
     let rss = rss_bytes().saturating_sub(rss_before);
     let events: u64 = logs.iter().map(|(_, log)| log.position().0 as u64).sum();
@@ -133,4 +137,25 @@ fn main() {
         );
     }
     drop(logs);
+
+    // Runs still going, as in the c100k scenario: 19,000 streams of a
+    // token a second, 74 tokens in when measured.
+    let rss_before = rss_bytes();
+    let region = Region::new(GLOBAL);
+    let running: Vec<(RunMeta, RunLog)> = (0..19_000).map(|n| run(n, 74, false)).collect();
+    let change = region.change();
+    let rss = rss_bytes().saturating_sub(rss_before);
+    let events: u64 = running.iter().map(|(_, log)| log.position().0 as u64).sum();
+    let frames: u64 = running.iter().map(|(_, log)| log.bytes()).sum();
+    let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
+        + change.bytes_reallocated as i64;
+    let live = change.allocations as i64 - change.deallocations as i64;
+    report(
+        "running runs (75 events each)",
+        events,
+        frames,
+        held,
+        rss,
+        live,
+    );
 }

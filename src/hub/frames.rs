@@ -6,19 +6,28 @@
 //! handle and an allocation's overhead beside its ~80 bytes. So the newest
 //! frames sit in an open tail, and once the tail holds a segment's worth
 //! (or the run ends) it is sealed: copied once into one allocation, with a
-//! 4-byte end offset per frame. A sealed segment is also what a subscriber
-//! far behind is served from: a slice of it, without a copy.
+//! 4-byte end offset per frame. A subscriber behind is served a slice of a
+//! segment, or the pieces of several copied together.
+//!
+//! A segment is [`SEGMENT_FRAMES`] frames, or fewer if they reach
+//! [`SEGMENT_BYTES`] first: by count, so that a slow run (a token a second,
+//! thousands of them open at once) does not hold its events in the costly
+//! form for minutes.
 
 use bytes::{Bytes, BytesMut};
 
-/// The tail is sealed once it holds this many bytes: the size of the
-/// chunks a subscriber far behind is served, so those are single slices.
+/// The tail is sealed once it holds this many frames.
+const SEGMENT_FRAMES: usize = 64;
+/// Or this many bytes: a subscriber's largest chunk, so that one of large
+/// frames is a single slice.
 const SEGMENT_BYTES: usize = 64 * 1024;
 
 /// Frames of events `1..=len()`, the first at index 0.
 #[derive(Debug)]
 pub(crate) struct Frames {
-    /// The tail is sealed once it holds this many bytes.
+    /// The tail is sealed once it holds this many frames,
+    segment_frames: usize,
+    /// or this many bytes.
     segment_bytes: usize,
     sealed: Vec<Segment>,
     /// Frames in sealed segments.
@@ -49,14 +58,16 @@ impl Segment {
 
 impl Default for Frames {
     fn default() -> Self {
-        Self::with_segments_of(SEGMENT_BYTES)
+        Self::with_segments_of(SEGMENT_FRAMES, SEGMENT_BYTES)
     }
 }
 
 impl Frames {
-    /// Frames sealed in segments of about `segment_bytes`.
-    pub(crate) fn with_segments_of(segment_bytes: usize) -> Self {
+    /// Frames sealed in segments of `segment_frames` frames, or fewer once
+    /// they hold `segment_bytes`.
+    pub(crate) fn with_segments_of(segment_frames: usize, segment_bytes: usize) -> Self {
         Self {
+            segment_frames,
             segment_bytes,
             sealed: Vec::new(),
             sealed_len: 0,
@@ -81,7 +92,7 @@ impl Frames {
         self.bytes += frame.len() as u64;
         self.open_bytes += frame.len();
         self.open.push(frame);
-        if self.open_bytes >= self.segment_bytes {
+        if self.open.len() >= self.segment_frames || self.open_bytes >= self.segment_bytes {
             self.seal();
         }
     }
@@ -189,6 +200,7 @@ mod tests {
         #[test]
         fn frames_read_back_as_pushed_from_any_cursor(
             sizes in proptest::collection::vec(0usize..40, 0..60),
+            segment_frames in 1usize..10,
             segment in 1usize..100,
             from in 0usize..65,
             max in 1usize..120,
@@ -199,7 +211,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &n)| Bytes::from(vec![b'a' + (i % 26) as u8; n]))
                 .collect();
-            let mut frames = Frames::with_segments_of(segment);
+            let mut frames = Frames::with_segments_of(segment_frames, segment);
             for frame in &pushed {
                 frames.push(frame.clone());
             }
@@ -237,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_sealed_run_of_frames_is_served_as_one_slice() {
-        let mut frames = Frames::with_segments_of(10);
+        let mut frames = Frames::with_segments_of(64, 10);
         for _ in 0..4 {
             frames.push(Bytes::from_static(b"abc"));
         }
