@@ -6,6 +6,16 @@
 //! `cargo bench --bench streams` (add `-- --quick` for a run small enough for
 //! CI). Results: a table on stdout and JSON lines in `target/bench/`.
 //!
+//! `-- --scenario c100k` (issue 17, `streams/c100k.rs`) holds 100,000
+//! streams open on one node for a minute, against Sluice, or against the
+//! servers `--server` names (`sluice`, `axum-minimal`; no other). It runs
+//! only when named, never in the default set, `--quick` or `--compare`.
+//! Each stream takes a descriptor in the server and one here: the bench
+//! raises its soft open-files limit to the hard one at start (the servers
+//! inherit it) and refuses to run c100k, saying what it needs, when that is
+//! too low; `--c100k-streams N` runs N streams instead (under
+//! `ulimit -n 20000`, up to 19,800).
+//!
 //! The generator reads each stream with a bare hyper HTTP/1 connection and
 //! counts events by scanning for the blank line that ends each one, so it
 //! allocates nothing per event. Timings are recorded into vectors sized up
@@ -13,12 +23,14 @@
 //! generator on the second, when `taskset` is available and there are two.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[path = "streams/c100k.rs"]
+mod c100k;
 #[path = "streams/publish.rs"]
 mod publish;
 #[path = "streams/report.rs"]
@@ -47,6 +59,9 @@ struct Seen {
     ttft: Option<Duration>,
     gaps: Vec<Duration>,
     failed: bool,
+    /// Why the reader gave up, if it did: the reader's error, or `cut`
+    /// when the time limit closed it still going.
+    error: Option<&'static str>,
 }
 
 struct Server {
@@ -396,6 +411,23 @@ fn pinning() -> Option<(usize, usize)> {
     Some((cpus.next()?, cpus.next()?))
 }
 
+/// This process's open-files limit, soft and hard, after raising the soft
+/// one to the hard one (once); the servers it starts inherit it.
+fn open_files_limit() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    static LIMIT: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return (0, 0);
+        };
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            (hard, hard)
+        } else {
+            (soft, hard)
+        }
+    })
+}
+
 /// A `/proc/PID/status` field in KiB, summed over several process trees.
 fn kib(pids: &[u32], field: &str) -> u64 {
     pids.iter().map(|&pid| status_kib(pid, field)).sum()
@@ -430,7 +462,19 @@ async fn read_stream(
     expected: usize,
     limit: Duration,
 ) -> Seen {
-    let mut seen = read_events(addr, path, last_event_id, expected, limit).await;
+    read_stream_from(addr, None, path, last_event_id, expected, limit).await
+}
+
+/// [`read_stream`] from a chosen source address.
+async fn read_stream_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: String,
+    last_event_id: Option<String>,
+    expected: usize,
+    limit: Duration,
+) -> Seen {
+    let mut seen = read_events(addr, source, path, last_event_id, expected, limit).await;
     seen.ended = Some(Instant::now());
     seen
 }
@@ -441,6 +485,7 @@ async fn read_stream(
 /// `limit` failed.
 async fn read_events(
     addr: SocketAddr,
+    source: Option<IpAddr>,
     path: String,
     last_event_id: Option<String>,
     expected: usize,
@@ -455,7 +500,7 @@ async fn read_events(
             .unwrap_or_default(),
     };
     let until = tokio::time::Instant::now() + limit;
-    let read = sluice::bench::reader::read(&target, None, until).await;
+    let read = sluice::bench::reader::read(&target, source, until).await;
     let mut gaps = read.gaps.into_iter();
     let ttft = read
         .first_event
@@ -470,6 +515,7 @@ async fn read_events(
     seen.bytes = read.bytes;
     seen.ttft = ttft;
     seen.failed = read.error.is_some() || read.cut;
+    seen.error = read.error.or(read.cut.then_some("cut"));
     seen
 }
 
@@ -769,6 +815,7 @@ fn main() {
         report::write_docs(concat!(env!("CARGO_MANIFEST_DIR"), "/docs"), &results);
         return;
     }
+    let open_files = open_files_limit();
     let quick = args.iter().any(|a| a == "--quick");
     let compare = args.iter().any(|a| a == "--compare");
     let cluster = args.iter().any(|a| a == "--cluster");
@@ -800,6 +847,14 @@ fn main() {
         .filter(|w| w[0] == "--scenario")
         .map(|w| w[1].as_str())
         .collect();
+    // c100k runs only when named; needs descriptors, checked up front.
+    let c100k_streams = only.contains(&c100k::NAME).then(|| c100k::streams(&args));
+    if let Some(streams) = c100k_streams {
+        if let Err(why) = c100k::check_descriptors(streams, open_files) {
+            eprintln!("\n{why}\n");
+            std::process::exit(2);
+        }
+    }
     // `--cluster` compares the concurrency scenario only, unless told.
     let wanted = |name: &str| {
         if only.is_empty() {
@@ -861,12 +916,22 @@ fn main() {
             if target == Target::Sluice && wanted("webhooks") {
                 results.extend(webhooks::scenarios(quick).await);
             }
+            // One node, against Sluice and its floor; Next.js would need
+            // far more memory.
+            if let Some(streams) = c100k_streams {
+                if matches!(target, Target::Sluice | Target::AxumMinimal) {
+                    results.push(c100k::scenario(target, streams).await);
+                } else {
+                    eprintln!("{}: skipped for {}", c100k::NAME, target.name());
+                }
+            }
         });
     }
     print_table(&results);
     print_format_costs(&results);
     publish::print(&results);
     webhooks::print(&results);
+    c100k::print(&results);
     if targets.len() > 1 {
         print_ratios(&results);
     }
