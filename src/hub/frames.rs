@@ -89,6 +89,11 @@ impl Frames {
 
     /// Appends a frame.
     pub(crate) fn push(&mut self, frame: Bytes) {
+        // A segment's offsets are u32: seal what is there before a frame
+        // that would take the tail past them.
+        if u32::try_from(self.open_bytes + frame.len()).is_err() {
+            self.seal();
+        }
         self.bytes += frame.len() as u64;
         self.open_bytes += frame.len();
         self.open.push(frame);
@@ -101,7 +106,8 @@ impl Frames {
     /// complete and kept as it is.
     pub(crate) fn finish(&mut self) {
         self.seal();
-        self.open = Vec::new();
+        // A tail that could not be sealed (one frame of 4 GiB) stays open.
+        self.open.shrink_to_fit();
         self.sealed.shrink_to_fit();
     }
 
