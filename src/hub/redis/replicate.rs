@@ -23,15 +23,20 @@ use crate::hub::{RunStatus, Seq};
 /// Redis last acknowledged; the entries wait in its backlog meanwhile.
 pub(super) async fn replicate(inner: Arc<Inner>, run: Arc<Run>, logged: UnboundedReceiver<Entry>) {
     let id = run.meta().id.clone();
-    let mut backlog = Backlog {
-        logged,
-        entries: VecDeque::new(),
-        first: 0,
-    };
+    let mut backlog = Backlog::new(logged);
     let mut cursor = 0usize;
     let mut backoff = Backoff::new();
     loop {
         if !backlog.ready_from(&run, cursor, BATCH).await {
+            // Every entry is in Redis, the end among them, but a failed
+            // batch may have landed its entries and not the run's end: the
+            // end again (the same values), or the run would look running.
+            if run.log().status() != RunStatus::Running {
+                let end = commands(&inner, &run, std::iter::empty(), cursor, true);
+                if let Err(e) = inner.submit(end).await {
+                    tracing::warn!(run_id = %id, "cannot record the run's end in Redis: {e}");
+                }
+            }
             return;
         }
         let batch = backlog.entries.len().min(BATCH);
@@ -118,17 +123,38 @@ async fn recover(inner: &Inner, run: &Run, cursor: &mut usize) -> bool {
     true
 }
 
+/// At most this many entries wait in a backlog; past it, while Redis is
+/// away, the driver's copies are dropped and the entries are read back from
+/// the log's frames when their turn comes: a long outage must not hold
+/// every event twice.
+const MAX_BACKLOG: usize = 10_000;
+
 /// The entries logged here that Redis may not hold yet, in log order, as
 /// the driver copied them (with their kind and token text, which the log
 /// keeps no record of per event).
 struct Backlog {
     logged: UnboundedReceiver<Entry>,
     entries: VecDeque<Entry>,
-    /// The log index of `entries[0]`.
+    /// The log index of `entries[0]` (of the next entry when empty).
     first: usize,
+    /// How many entries the driver has handed over: the log index of the
+    /// next one.
+    received: usize,
+    /// How many entries may wait here at most ([`MAX_BACKLOG`]).
+    room: usize,
 }
 
 impl Backlog {
+    fn new(logged: UnboundedReceiver<Entry>) -> Self {
+        Self {
+            logged,
+            entries: VecDeque::new(),
+            first: 0,
+            received: 0,
+            room: MAX_BACKLOG,
+        }
+    }
+
     /// Lines the backlog up with log index `cursor` (what Redis holds)
     /// and takes in what is ready, up to `max`, waiting for one entry at
     /// least; `false` once the driver has gone with nothing left to send.
@@ -145,29 +171,41 @@ impl Backlog {
         let acknowledged = cursor.saturating_sub(self.first).min(self.entries.len());
         self.entries.drain(..acknowledged);
         self.first += acknowledged;
+        if self.entries.is_empty() {
+            // Another node may have written past what this one sent.
+            self.first = self.first.max(cursor);
+        }
         loop {
             while self.entries.len() < max {
                 match self.logged.try_recv() {
-                    Ok(entry) => self.take(entry, cursor),
+                    Ok(entry) => self.receive(entry),
                     Err(_) => break,
                 }
+            }
+            // Entries dropped while the backlog was full.
+            let next = self.first + self.entries.len();
+            if self.entries.len() < max && next < self.received {
+                let count = (max - self.entries.len()).min(self.received - next);
+                let (frames, _) = run.log().frames(next, count);
+                self.entries.extend(frames.into_iter().map(Entry::parse));
             }
             if !self.entries.is_empty() {
                 return true;
             }
             match self.logged.recv().await {
-                Some(entry) => self.take(entry, cursor),
+                Some(entry) => self.receive(entry),
                 None => return false,
             }
         }
     }
 
-    /// Keeps the next logged entry, unless Redis holds it already (another
-    /// node wrote past what this one sent).
-    fn take(&mut self, entry: Entry, cursor: usize) {
-        if self.entries.is_empty() && self.first < cursor {
-            self.first += 1;
-        } else {
+    /// Keeps the driver's next entry if it is the one the backlog lacks
+    /// and there is room; otherwise Redis holds it already, or the log
+    /// will give it back when its turn comes.
+    fn receive(&mut self, entry: Entry) {
+        let index = self.received;
+        self.received += 1;
+        if index == self.first + self.entries.len() && self.entries.len() < self.room {
             self.entries.push_back(entry);
         }
     }
@@ -227,11 +265,7 @@ mod tests {
         );
         let (run, _) = node.mirror(meta, entries.clone());
         let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
-        let mut backlog = Backlog {
-            logged,
-            entries: VecDeque::new(),
-            first: 0,
-        };
+        let mut backlog = Backlog::new(logged);
         let frame = |i: usize| entries[i].frame.clone();
         for entry in &entries[..3] {
             copies.send(entry.clone()).unwrap();
@@ -256,5 +290,46 @@ mod tests {
         assert_eq!((backlog.first, frames(&backlog)), (5, vec![frame(5)]));
         drop(copies);
         assert!(!backlog.ready_from(&run, 6, 10).await);
+    }
+
+    /// Past its room, a backlog drops the driver's copies and reads the
+    /// entries back from the log: the same entries, in order.
+    #[tokio::test]
+    async fn a_full_backlog_reads_the_rest_back_from_the_log() {
+        let meta = RunMeta {
+            id: crate::hub::RunId::parse("r2").unwrap(),
+            agent: "sim".into(),
+            model: "sim".into(),
+            prompt: String::new(),
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            chat: None,
+            cancel_on_disconnect: false,
+            owner: None,
+        };
+        let (mut recorder, first) = Recorder::start(&meta);
+        let mut entries = vec![first];
+        for n in 0..5 {
+            entries.push(recorder.record(AgentEvent::Token(format!(" {n}"))));
+        }
+        let node = Node::new(
+            &RunsConfig::default(),
+            Metrics::new().unwrap(),
+            Arc::new(Alone),
+        );
+        let (run, _) = node.mirror(meta, entries.clone());
+        let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
+        let mut backlog = Backlog::new(logged);
+        backlog.room = 2;
+        for entry in &entries {
+            copies.send(entry.clone()).unwrap();
+        }
+        assert!(backlog.ready_from(&run, 0, 10).await);
+        let want: Vec<Bytes> = entries.iter().map(|e| e.frame.clone()).collect();
+        assert_eq!(frames(&backlog), want);
+        let tokens: Vec<_> = backlog.entries.iter().map(|e| e.token.clone()).collect();
+        let sent: Vec<_> = entries.iter().map(|e| e.token.clone()).collect();
+        assert_eq!(tokens, sent, "read back with their token text");
+        assert!(backlog.ready_from(&run, 4, 3).await);
+        assert_eq!(frames(&backlog), want[4..].to_vec());
     }
 }
