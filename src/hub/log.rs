@@ -407,7 +407,7 @@ mod tests {
             use crate::hub::record::Recorder;
             use crate::hub::{RunId, RunMeta};
             let meta = RunMeta {
-                id: RunId::parse("r").unwrap_or_else(|| unreachable!()),
+                id: RunId::parse("r").unwrap(),
                 agent: "sim".into(),
                 model: "sim".into(),
                 prompt: String::new(),
@@ -455,7 +455,7 @@ mod tests {
         use crate::hub::{RunId, RunMeta};
         use crate::wire::Format;
         let meta = RunMeta {
-            id: RunId::parse("r").unwrap_or_else(|| unreachable!()),
+            id: RunId::parse("r").unwrap(),
             agent: "sim".into(),
             model: "sim".into(),
             prompt: String::new(),

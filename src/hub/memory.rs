@@ -131,7 +131,7 @@ mod tests {
     use futures::StreamExt;
 
     fn id(n: usize) -> RunId {
-        RunId::parse(&format!("run{n}")).unwrap_or_else(|| unreachable!())
+        RunId::parse(&format!("run{n}")).unwrap()
     }
 
     /// A one-shot run whose client never subscribes is cancelled once the
@@ -145,7 +145,7 @@ mod tests {
                 disconnect_grace_secs: 0,
                 ..RunsConfig::default()
             },
-            Metrics::new().unwrap_or_else(|_| unreachable!()),
+            Metrics::new().unwrap(),
         );
         let forever = || {
             futures::stream::iter([crate::agent::AgentEvent::Token("a".into())])
@@ -185,10 +185,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_agent_ends_its_run_with_an_error_event() {
-        let hub = MemoryHub::new(
-            &RunsConfig::default(),
-            Metrics::new().unwrap_or_else(|_| unreachable!()),
-        );
+        let hub = MemoryHub::new(&RunsConfig::default(), Metrics::new().unwrap());
         let meta = RunMeta {
             id: id(1),
             agent: "broken".into(),

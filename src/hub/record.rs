@@ -374,7 +374,7 @@ mod tests {
 
     fn meta() -> RunMeta {
         RunMeta {
-            id: RunId::parse("r1").unwrap_or_else(|| unreachable!()),
+            id: RunId::parse("r1").unwrap(),
             agent: "sim".into(),
             model: "sim".into(),
             prompt: String::new(),

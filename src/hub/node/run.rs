@@ -285,7 +285,7 @@ fn log_entry(shared: &Shared, run: &Run, entry: Entry, copies: Option<&Copies>) 
     };
     shared
         .metrics
-        .run_finished(&run.meta.agent, end.status, end.ttft, end.duration);
+        .run_finished(&run.meta.agent, end.status.as_str(), end.ttft, end.duration);
     true
 }
 

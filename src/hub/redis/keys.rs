@@ -13,6 +13,8 @@ pub(super) const CANCEL_CHANNEL: &str = "sluice:cancel";
 pub(super) const RUNS: &str = "sluice:runs";
 /// Runs a node drives that are still running: what the reaper scans.
 pub(super) const RUNNING: &str = "sluice:running";
+/// Push runs still running: what every node's idle watch scans.
+pub(super) const PUSHING: &str = "sluice:pushing";
 
 pub(crate) fn run_key(id: &RunId) -> String {
     format!("sluice:run:{id}")

@@ -21,17 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::AsyncCommands;
 
 use super::conn::bounded;
+use super::keys::PUSHING;
 use super::keys::{events_key, gone_key, run_key, watch_key, GONE_SECS, MAX_EVENTS};
-use super::stored::Stored;
+use super::stored::{now_ms, Producer, Stored};
 use super::stream::add_script_args;
 use super::Inner;
 use crate::agent::push::timed_out;
 use crate::agent::AgentEvent;
 use crate::hub::record::{Entry, Recorder};
-use crate::hub::{HubError, Published, RunId, RunMeta, RunStatus, Seq, Viewer};
+use crate::hub::{HubError, Published, RunId, RunStatus, Seq, Viewer};
 
-/// Push runs still running: what every node's idle watch scans.
-pub(super) const PUSHING: &str = "sluice:pushing";
 /// How often a node looks for idle push runs.
 const IDLE_EVERY: Duration = Duration::from_millis(500);
 /// How many times a publish reads again after another node's append.
@@ -77,52 +76,6 @@ if ARGV[6] ~= '' then
 end
 return {'ok', ARGV[2]}
 ";
-
-/// A push run's producer state, from its hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Producer {
-    /// Events published so far: the run's offset.
-    pub published: Seq,
-    tokens: u64,
-    first_ms: Option<u64>,
-    last_ms: u64,
-    idle_ms: u64,
-}
-
-impl Producer {
-    /// The producer state in a run's hash fields; `None` for a run that is
-    /// not a push run.
-    pub(super) fn from_fields(fields: &mut HashMap<String, String>) -> Option<Self> {
-        let idle_ms = fields.remove("idle_ms")?.parse().ok()?;
-        let mut number = |name: &str| fields.remove(name).and_then(|v| v.parse::<u64>().ok());
-        Some(Self {
-            published: number("published").unwrap_or(0),
-            tokens: number("tokens").unwrap_or(0),
-            first_ms: number("first_ms"),
-            last_ms: number("last_ms").unwrap_or(0),
-            idle_ms,
-        })
-    }
-
-    /// The hash fields of a new push run.
-    pub(super) fn start_fields(idle_timeout: Duration) -> Vec<(&'static str, String)> {
-        vec![
-            ("idle_ms", idle_timeout.as_millis().to_string()),
-            ("published", "0".into()),
-            ("tokens", "0".into()),
-            ("last_ms", now_ms().to_string()),
-        ]
-    }
-
-    fn recorder(&self, meta: &RunMeta) -> Recorder {
-        Recorder::resume(
-            meta,
-            1 + self.published,
-            self.tokens,
-            self.first_ms.map(Duration::from_millis),
-        )
-    }
-}
 
 /// What the append script did.
 enum Appended {
@@ -292,8 +245,12 @@ impl Inner {
         let Some(end) = entries.last().and_then(|e| e.end.clone()) else {
             return RunStatus::Running;
         };
-        self.metrics
-            .run_finished(&stored.meta.agent, end.status, end.ttft, end.duration);
+        self.metrics.run_finished(
+            &stored.meta.agent,
+            end.status.as_str(),
+            end.ttft,
+            end.duration,
+        );
         end.status
     }
 
@@ -389,10 +346,4 @@ pub(super) async fn watch_idle_push_runs(inner: Weak<Inner>) {
             tracing::debug!(error = %e, "could not look for idle push runs");
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

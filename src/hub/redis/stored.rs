@@ -8,9 +8,12 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use super::conn::bounded;
-use super::keys::{chat_key, events_key, gone_key, owner_field, run_key, GONE_SECS, RUNNING, RUNS};
-use super::{push, Inner};
-use crate::hub::{rfc3339, HubError, RunId, RunMeta, RunSnapshot, RunStatus, Viewer};
+use super::keys::{
+    chat_key, events_key, gone_key, owner_field, run_key, GONE_SECS, PUSHING, RUNNING, RUNS,
+};
+use super::Inner;
+use crate::hub::record::Recorder;
+use crate::hub::{rfc3339, HubError, RunId, RunMeta, RunSnapshot, RunStatus, Seq, Viewer};
 
 /// A run as Redis holds it.
 pub(super) struct Stored {
@@ -20,12 +23,12 @@ pub(super) struct Stored {
     pub(super) finished: Option<String>,
     pub(super) usage: Option<Value>,
     /// A push run's producer state; `None` for runs a node drives.
-    pub(super) producer: Option<push::Producer>,
+    pub(super) producer: Option<Producer>,
 }
 
 impl Stored {
     pub(super) fn from_fields(id: &RunId, mut fields: HashMap<String, String>) -> Self {
-        let producer = push::Producer::from_fields(&mut fields);
+        let producer = Producer::from_fields(&mut fields);
         let mut take = |name: &str| fields.remove(name).unwrap_or_default();
         let owner = take("owner");
         let created_ms: u64 = take("created_ms").parse().unwrap_or(0);
@@ -150,7 +153,7 @@ impl Inner {
             ),
             ("status", RunStatus::Running.as_str().to_owned()),
         ];
-        fields.extend(push.map(push::Producer::start_fields).unwrap_or_default());
+        fields.extend(push.map(Producer::start_fields).unwrap_or_default());
         // Known to every node before its first event, or not started:
         // with Redis down, new runs are refused.
         commands.extend([
@@ -162,15 +165,66 @@ impl Inner {
                 "-inf",
                 created_ms.saturating_sub(self.index_for.as_millis()) as f64,
             ),
-            redis::Cmd::sadd(
-                if push.is_some() {
-                    push::PUSHING
-                } else {
-                    RUNNING
-                },
-                id.as_str(),
-            ),
+            redis::Cmd::sadd(if push.is_some() { PUSHING } else { RUNNING }, id.as_str()),
         ]);
         commands
     }
+}
+
+/// A push run's producer state, from its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Producer {
+    /// Events published so far: the run's offset.
+    pub published: Seq,
+    /// Tokens among them.
+    pub tokens: u64,
+    /// When the first token was published.
+    pub first_ms: Option<u64>,
+    /// When the last publish was: what the idle watch measures from.
+    pub last_ms: u64,
+    /// How long the run may go without a publish.
+    pub idle_ms: u64,
+}
+
+impl Producer {
+    /// The producer state in a run's hash fields; `None` for a run that is
+    /// not a push run.
+    pub(super) fn from_fields(fields: &mut HashMap<String, String>) -> Option<Self> {
+        let idle_ms = fields.remove("idle_ms")?.parse().ok()?;
+        let mut number = |name: &str| fields.remove(name).and_then(|v| v.parse::<u64>().ok());
+        Some(Self {
+            published: number("published").unwrap_or(0),
+            tokens: number("tokens").unwrap_or(0),
+            first_ms: number("first_ms"),
+            last_ms: number("last_ms").unwrap_or(0),
+            idle_ms,
+        })
+    }
+
+    /// The hash fields of a new push run.
+    pub(super) fn start_fields(idle_timeout: Duration) -> Vec<(&'static str, String)> {
+        vec![
+            ("idle_ms", idle_timeout.as_millis().to_string()),
+            ("published", "0".into()),
+            ("tokens", "0".into()),
+            ("last_ms", now_ms().to_string()),
+        ]
+    }
+
+    /// A recorder that goes on after the events published so far.
+    pub(super) fn recorder(&self, meta: &RunMeta) -> Recorder {
+        Recorder::resume(
+            meta,
+            1 + self.published,
+            self.tokens,
+            self.first_ms.map(Duration::from_millis),
+        )
+    }
+}
+
+/// Now, in milliseconds since the epoch.
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn entries_read_back_with_or_without_their_kind() {
         let meta = RunMeta {
-            id: RunId::parse("r1").unwrap_or_else(|| unreachable!()),
+            id: RunId::parse("r1").unwrap(),
             agent: "sim".into(),
             model: "sim".into(),
             prompt: String::new(),
@@ -104,7 +104,7 @@ mod tests {
             add_fields(&mut xadd, &entry);
             let bare = vec![b"f".to_vec(), entry.frame.to_vec()];
             for fields in [fields(&xadd), bare] {
-                let back = entry_of(fields).unwrap_or_else(|| unreachable!());
+                let back = entry_of(fields).unwrap();
                 assert_eq!(back.frame, entry.frame);
                 assert_eq!(back.token, entry.token);
                 assert_eq!(back.kind(), entry.kind());
