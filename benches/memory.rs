@@ -70,92 +70,82 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+/// What building something kept: bytes the allocator still holds,
+/// resident bytes gained, allocations still live.
+struct Kept {
+    held: i64,
+    rss: u64,
+    allocations: i64,
+}
+
+/// Runs `build` and measures what its result keeps.
+fn measure<T>(build: impl FnOnce() -> T) -> (T, Kept) {
+    let rss_before = rss_bytes();
+    let region = Region::new(GLOBAL);
+    let built = build();
+    let change = region.change();
+    let kept = Kept {
+        held: change.bytes_allocated as i64 - change.bytes_deallocated as i64
+            + change.bytes_reallocated as i64,
+        rss: rss_bytes().saturating_sub(rss_before),
+        allocations: change.allocations as i64 - change.deallocations as i64,
+    };
+    (built, kept)
+}
+
 #[allow(clippy::print_stdout)]
-fn report(what: &str, events: u64, frame_bytes: u64, held: i64, rss: u64, live_allocations: i64) {
+fn report(what: &str, events: u64, frame_bytes: u64, kept: &Kept) {
     let per = |n: f64| n / events as f64;
     println!(
         "{what:<34} {:>6.1} B/event held ({:.2}x frames) {:>6.1} B/event RSS ({:.2}x) {:>5.2} allocations/event  [{events} events, frames {:.1} B/event]",
-        per(held as f64),
-        held as f64 / frame_bytes as f64,
-        per(rss as f64),
-        rss as f64 / frame_bytes as f64,
-        per(live_allocations as f64),
+        per(kept.held as f64),
+        kept.held as f64 / frame_bytes as f64,
+        per(kept.rss as f64),
+        kept.rss as f64 / frame_bytes as f64,
+        per(kept.allocations as f64),
         per(frame_bytes as f64),
     );
 }
 
+/// Events and frame bytes of `logs`.
+fn totals(logs: &[(RunMeta, RunLog)]) -> (u64, u64) {
+    let events = logs.iter().map(|(_, log)| log.position().0 as u64).sum();
+    let frames = logs.iter().map(|(_, log)| log.bytes()).sum();
+    (events, frames)
+}
+
 fn main() {
     // The logs of the throughput scenario, format=sluice.
-    let rss_before = rss_bytes();
-    let region = Region::new(GLOBAL);
-    let logs: Vec<(RunMeta, RunLog)> = (0..RUNS).map(|n| run(n, TOKENS, true)).collect();
-    let change = region.change();
-    let rss = rss_bytes().saturating_sub(rss_before);
-    let events: u64 = logs.iter().map(|(_, log)| log.position().0 as u64).sum();
-    let frames: u64 = logs.iter().map(|(_, log)| log.bytes()).sum();
-    let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
-        + change.bytes_reallocated as i64;
-    let live = change.allocations as i64 - change.deallocations as i64;
-    report(
-        "finished runs (sluice frames)",
-        events,
-        frames,
-        held,
-        rss,
-        live,
-    );
+    let (logs, kept) = measure(|| (0..RUNS).map(|n| run(n, TOKENS, true)).collect::<Vec<_>>());
+    let (events, frames) = totals(&logs);
+    report("finished runs (sluice frames)", events, frames, &kept);
 
     // The same runs read once in another format: the rendering is kept
     // beside the frames for every later subscriber of that format.
     for format in [Format::OpenAi, Format::AiSdk] {
-        let rss_before = rss_bytes();
-        let region = Region::new(GLOBAL);
-        let mut rendered = 0u64;
-        for (meta, log) in &logs {
-            // Less the formats read before: their views are kept too.
-            let before = log.view_bytes();
-            let mut cursor = 0;
-            while let sluice::hub::log::Read::Chunk { events, .. } =
-                log.read_as(cursor, format, meta)
-            {
-                cursor += events;
+        let (rendered, kept) = measure(|| {
+            let mut rendered = 0u64;
+            for (meta, log) in &logs {
+                // Less the formats read before: their views are kept too.
+                let before = log.view_bytes();
+                let mut cursor = 0;
+                while let sluice::hub::log::Read::Chunk { events, .. } =
+                    log.read_as(cursor, format, meta)
+                {
+                    cursor += events;
+                }
+                rendered += log.view_bytes() - before;
             }
-            rendered += log.view_bytes() - before;
-        }
-        let change = region.change();
-        let rss = rss_bytes().saturating_sub(rss_before);
-        let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
-            + change.bytes_reallocated as i64;
-        let live = change.allocations as i64 - change.deallocations as i64;
-        report(
-            &format!("+ a view in format={}", format.name()),
-            events,
-            rendered,
-            held,
-            rss,
-            live,
-        );
+            rendered
+        });
+        let what = format!("+ a view in format={}", format.name());
+        report(&what, events, rendered, &kept);
     }
     drop(logs);
 
     // Runs still going, as in the c100k scenario: 19,000 streams of a
     // token a second, 74 tokens in when measured.
-    let rss_before = rss_bytes();
-    let region = Region::new(GLOBAL);
-    let running: Vec<(RunMeta, RunLog)> = (0..19_000).map(|n| run(n, 74, false)).collect();
-    let change = region.change();
-    let rss = rss_bytes().saturating_sub(rss_before);
-    let events: u64 = running.iter().map(|(_, log)| log.position().0 as u64).sum();
-    let frames: u64 = running.iter().map(|(_, log)| log.bytes()).sum();
-    let held = change.bytes_allocated as i64 - change.bytes_deallocated as i64
-        + change.bytes_reallocated as i64;
-    let live = change.allocations as i64 - change.deallocations as i64;
-    report(
-        "running runs (75 events each)",
-        events,
-        frames,
-        held,
-        rss,
-        live,
-    );
+    let (running, kept) = measure(|| (0..19_000).map(|n| run(n, 74, false)).collect::<Vec<_>>());
+    let (events, frames) = totals(&running);
+    report("running runs (75 events each)", events, frames, &kept);
 }

@@ -405,17 +405,8 @@ mod tests {
         ) {
             use crate::agent::AgentEvent;
             use crate::hub::record::Recorder;
-            use crate::hub::{RunId, RunMeta};
-            let meta = RunMeta {
-                id: RunId::parse("r").unwrap(),
-                agent: "sim".into(),
-                model: "sim".into(),
-                prompt: String::new(),
-                created_at: SystemTime::UNIX_EPOCH,
-                chat: None,
-                cancel_on_disconnect: false,
-                owner: None,
-            };
+            use crate::hub::RunMeta;
+            let meta = RunMeta::for_test("r");
             let log = RunLog::new();
             let (mut recorder, first) = Recorder::start(&meta);
             log.append(first);
@@ -452,18 +443,9 @@ mod tests {
     fn another_format_is_rendered_once_and_shared_by_its_subscribers() {
         use crate::agent::AgentEvent;
         use crate::hub::record::Recorder;
-        use crate::hub::{RunId, RunMeta};
+        use crate::hub::RunMeta;
         use crate::wire::Format;
-        let meta = RunMeta {
-            id: RunId::parse("r").unwrap(),
-            agent: "sim".into(),
-            model: "sim".into(),
-            prompt: String::new(),
-            created_at: SystemTime::UNIX_EPOCH,
-            chat: None,
-            cancel_on_disconnect: false,
-            owner: None,
-        };
+        let meta = RunMeta::for_test("r");
         let log = RunLog::new();
         let (mut recorder, first) = Recorder::start(&meta);
         log.append(first);

@@ -161,6 +161,23 @@ pub struct RunMeta {
     pub owner: Option<String>,
 }
 
+#[cfg(test)]
+impl RunMeta {
+    /// A `sim` run named `id`, made at the epoch: what unit tests need.
+    pub(crate) fn for_test(id: &str) -> Self {
+        Self {
+            id: RunId::parse(id).unwrap(),
+            agent: "sim".into(),
+            model: "sim".into(),
+            prompt: String::new(),
+            created_at: SystemTime::UNIX_EPOCH,
+            chat: None,
+            cancel_on_disconnect: false,
+            owner: None,
+        }
+    }
+}
+
 impl RunMeta {
     /// What a wire format needs to know of the run.
     pub fn head(&self) -> RunHead {

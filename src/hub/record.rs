@@ -370,19 +370,9 @@ fn millis(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::SystemTime;
 
     fn meta() -> RunMeta {
-        RunMeta {
-            id: RunId::parse("r1").unwrap(),
-            agent: "sim".into(),
-            model: "sim".into(),
-            prompt: String::new(),
-            created_at: SystemTime::UNIX_EPOCH,
-            chat: None,
-            cancel_on_disconnect: false,
-            owner: None,
-        }
+        RunMeta::for_test("r1")
     }
 
     fn text(entry: &Entry) -> String {

@@ -235,24 +235,10 @@ mod tests {
     use crate::metrics::Metrics;
     use bytes::Bytes;
 
-    fn frames(backlog: &Backlog) -> Vec<Bytes> {
-        backlog.entries.iter().map(|e| e.frame.clone()).collect()
-    }
-
-    /// The backlog follows the cursor wherever Redis puts it: past what it
-    /// acknowledged, back before it (from the log), ahead of what was sent.
-    #[tokio::test]
-    async fn the_backlog_lines_up_with_what_redis_holds() {
-        let meta = RunMeta {
-            id: crate::hub::RunId::parse("r1").unwrap(),
-            agent: "sim".into(),
-            model: "sim".into(),
-            prompt: String::new(),
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            chat: None,
-            cancel_on_disconnect: false,
-            owner: None,
-        };
+    /// A run's first event and five tokens, logged by a node: the entries
+    /// as the driver would hand them over, and the run.
+    fn six_entries_logged(id: &str) -> (Vec<Entry>, Arc<Run>) {
+        let meta = RunMeta::for_test(id);
         let (mut recorder, first) = Recorder::start(&meta);
         let mut entries = vec![first];
         for n in 0..5 {
@@ -264,6 +250,18 @@ mod tests {
             Arc::new(Alone),
         );
         let (run, _) = node.mirror(meta, entries.clone());
+        (entries, run)
+    }
+
+    fn frames(backlog: &Backlog) -> Vec<Bytes> {
+        backlog.entries.iter().map(|e| e.frame.clone()).collect()
+    }
+
+    /// The backlog follows the cursor wherever Redis puts it: past what it
+    /// acknowledged, back before it (from the log), ahead of what was sent.
+    #[tokio::test]
+    async fn the_backlog_lines_up_with_what_redis_holds() {
+        let (entries, run) = six_entries_logged("r1");
         let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
         let mut backlog = Backlog::new(logged);
         let frame = |i: usize| entries[i].frame.clone();
@@ -296,27 +294,7 @@ mod tests {
     /// entries back from the log: the same entries, in order.
     #[tokio::test]
     async fn a_full_backlog_reads_the_rest_back_from_the_log() {
-        let meta = RunMeta {
-            id: crate::hub::RunId::parse("r2").unwrap(),
-            agent: "sim".into(),
-            model: "sim".into(),
-            prompt: String::new(),
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            chat: None,
-            cancel_on_disconnect: false,
-            owner: None,
-        };
-        let (mut recorder, first) = Recorder::start(&meta);
-        let mut entries = vec![first];
-        for n in 0..5 {
-            entries.push(recorder.record(AgentEvent::Token(format!(" {n}"))));
-        }
-        let node = Node::new(
-            &RunsConfig::default(),
-            Metrics::new().unwrap(),
-            Arc::new(Alone),
-        );
-        let (run, _) = node.mirror(meta, entries.clone());
+        let (entries, run) = six_entries_logged("r2");
         let (copies, logged) = tokio::sync::mpsc::unbounded_channel();
         let mut backlog = Backlog::new(logged);
         backlog.room = 2;

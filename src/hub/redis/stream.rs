@@ -71,7 +71,7 @@ fn entry_of(fields: Vec<Vec<u8>>) -> Option<Entry> {
 mod tests {
     use super::*;
     use crate::hub::record::Recorder;
-    use crate::hub::{RunId, RunMeta};
+    use crate::hub::RunMeta;
 
     fn fields(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
         cmd.args_iter()
@@ -86,16 +86,7 @@ mod tests {
     /// (an older node's entry) reads back the same.
     #[test]
     fn entries_read_back_with_or_without_their_kind() {
-        let meta = RunMeta {
-            id: RunId::parse("r1").unwrap(),
-            agent: "sim".into(),
-            model: "sim".into(),
-            prompt: String::new(),
-            created_at: std::time::SystemTime::UNIX_EPOCH,
-            chat: None,
-            cancel_on_disconnect: false,
-            owner: None,
-        };
+        let meta = RunMeta::for_test("r1");
         let (mut recorder, first) = Recorder::start(&meta);
         let token = recorder.record(crate::agent::AgentEvent::Token(" a\nb".into()));
         let done = recorder.cancelled();
