@@ -97,6 +97,7 @@ fn print_out(text: &str) {
 
 fn run_serve(args: ServeArgs) -> Result<(), String> {
     sluice::telemetry::init(args.log_format);
+    raise_open_files_limit();
     // Variables that are not Unicode cannot be ours; skip rather than panic.
     let env = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
@@ -142,6 +143,23 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every open stream is a file descriptor, and a soft limit of 1,024 (a
+/// common default) would refuse the 1,025th connection; the soft limit is
+/// raised to the hard one, which any process may do.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= hard {
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
+        Err(e) => tracing::debug!(soft, hard, "cannot raise the open-files limit: {e}"),
+    }
 }
 
 /// One worker per core; on a single core (a pinned process, a one-CPU

@@ -31,6 +31,66 @@ async fn the_first_stdout_line_is_the_listen_url_and_the_api_answers_there() {
     assert_eq!(tokens_of(&events).len(), 3);
 }
 
+/// Each stream is a file descriptor: started with a soft limit of 256,
+/// the server raises it to the hard one and holds 400 streams at once
+/// (the ones past the soft limit would otherwise wait for earlier ones to
+/// end before they were even accepted).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_soft_open_files_limit_does_not_cap_open_streams() {
+    const STREAMS: usize = 400;
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    assert!(
+        hard > 1_000,
+        "the test needs a hard open-files limit over 1,000, not {hard}"
+    );
+    let served = serve_wrapped(
+        &["sh", "-c", "ulimit -Sn 256 && exec \"$0\" \"$@\""],
+        &["--bind", "127.0.0.1:0"],
+        &[],
+    );
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let url = format!(
+            "{}/api/agent/stream?prompt=fd{i}&tokens=8&interval_ms=1000",
+            served.base
+        );
+        let client = client.clone();
+        streams.push(tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.bytes_stream();
+            // The `run` event comes at once; the run lasts 8 seconds.
+            let first = body.next().await.unwrap().unwrap();
+            let opened = started.elapsed();
+            let mut text = String::from_utf8_lossy(&first).into_owned();
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            }
+            (opened, text.contains("event: done"))
+        }));
+    }
+    for stream in streams {
+        let (opened, done) = stream.await.unwrap();
+        assert!(
+            opened < Duration::from_secs(5),
+            "a stream was first answered after {opened:?}: not all were open at once"
+        );
+        assert!(done, "every stream ends with done");
+    }
+}
+
 #[tokio::test]
 async fn bind_overrides_sluice_bind() {
     let served = serve_binary(
