@@ -462,27 +462,13 @@ async fn read_stream(
     expected: usize,
     limit: Duration,
 ) -> Seen {
-    read_stream_from(addr, None, path, last_event_id, expected, limit).await
-}
-
-/// [`read_stream`] from a chosen source address.
-async fn read_stream_from(
-    addr: SocketAddr,
-    source: Option<IpAddr>,
-    path: String,
-    last_event_id: Option<String>,
-    expected: usize,
-    limit: Duration,
-) -> Seen {
-    let mut seen = read_events(addr, source, path, last_event_id, expected, limit).await;
-    seen.ended = Some(Instant::now());
-    seen
+    read_events(addr, None, path, last_event_id, expected, limit).await
 }
 
 /// One stream through `sluice bench`'s reader (the same code users run),
-/// seen as this bench counts: event 1 is `run`, so the first token is
-/// event 2 and gaps are counted between tokens; a stream still going at
-/// `limit` failed.
+/// from `source` if given, seen as this bench counts: event 1 is `run`, so
+/// the first token is event 2 and gaps are counted between tokens; a stream
+/// still going at `limit` failed.
 async fn read_events(
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -516,6 +502,7 @@ async fn read_events(
     seen.ttft = ttft;
     seen.failed = read.error.is_some() || read.cut;
     seen.error = read.error.or(read.cut.then_some("cut"));
+    seen.ended = Some(Instant::now());
     seen
 }
 

@@ -263,7 +263,7 @@ pub struct HubConfig {
 
 /// `hub.backend`: where runs live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// In this process only (the default).
     #[default]
@@ -282,14 +282,6 @@ impl Backend {
                 "hub.backend `{name}` is unknown (expected memory or redis)"
             ))),
         }
-    }
-}
-
-impl TryFrom<String> for Backend {
-    type Error = ConfigError;
-
-    fn try_from(name: String) -> Result<Self, ConfigError> {
-        Self::parse(&name)
     }
 }
 

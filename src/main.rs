@@ -62,10 +62,7 @@ fn run_bench(args: BenchArgs) -> Result<bool, String> {
             .transpose()?,
         headers,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime = runtime()?;
     let terminal = std::io::stderr().is_terminal();
     let report = runtime
         .block_on(sluice::bench::run(&plan, move |secs, line| {
@@ -80,19 +77,12 @@ fn run_bench(args: BenchArgs) -> Result<bool, String> {
     if terminal {
         eprintln!();
     }
-    let text = if args.json {
-        format!("{}\n", report.json())
+    if args.json {
+        announce(&report.json().to_string());
     } else {
-        report.table()
-    };
-    print_out(&text);
+        announce(report.table().trim_end_matches('\n'));
+    }
     Ok(report.failed == 0)
-}
-
-#[allow(clippy::print_stdout)]
-fn print_out(text: &str) {
-    print!("{text}");
-    let _ = std::io::stdout().flush();
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), String> {
@@ -178,8 +168,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
-/// The listen line: the one thing written to stdout, flushed at once so a
-/// supervisor reading the pipe sees it before the first request is served.
+/// A line of stdout, flushed at once: `serve`'s listen line (so that a
+/// supervisor reading the pipe sees it before the first request is
+/// served), `bench`'s report.
 #[allow(clippy::print_stdout)]
 fn announce(line: &str) {
     println!("{line}");

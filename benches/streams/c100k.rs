@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{
-    kib, process_cpu_seconds, read_stream_from, report, start_server_with, Baseline, Server, Target,
+    kib, process_cpu_seconds, read_events, report, start_server_with, Baseline, Server, Target,
 };
 
 pub const NAME: &str = "c100k";
@@ -245,7 +245,7 @@ async fn run(server: &Server, streams: usize) -> Value {
         let (addr, source, progress) = (server.addr, sources[i % sources.len()], progress.clone());
         progress.opened.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(async move {
-            let mut seen = read_stream_from(addr, Some(source), path, None, tokens, limit).await;
+            let mut seen = read_events(addr, Some(source), path, None, tokens, limit).await;
             // Delivered whole, or failed.
             seen.failed |= seen.events != expected;
             progress.ended.fetch_add(1, Ordering::Relaxed);

@@ -142,7 +142,7 @@ async fn connect(
 /// one of its lines was a `data` field (comments and lone `id:`/`retry:`
 /// lines dispatch nothing, as in `EventSource`).
 #[derive(Debug, Default)]
-pub struct Scanner {
+struct Scanner {
     /// Bytes of the current line seen so far (up to 5, enough to tell `data`).
     line: [u8; 5],
     len: usize,
@@ -151,7 +151,7 @@ pub struct Scanner {
 
 impl Scanner {
     /// Feeds bytes; returns how many events they completed.
-    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+    fn feed(&mut self, bytes: &[u8]) -> usize {
         let mut events = 0;
         for &byte in bytes {
             match byte {

@@ -126,7 +126,7 @@ impl AppState {
     }
 
     /// The state for `config` with any hub and the webhooks that go with it.
-    pub fn with_hub(
+    fn with_hub(
         config: Config,
         hub: Hub,
         metrics: Arc<Metrics>,

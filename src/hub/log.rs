@@ -204,6 +204,7 @@ impl RunLog {
         // Render up to the cursor, then about one chunk beyond it: never the
         // whole of a long run at once under the lock.
         let mut ahead = 0;
+        let rendered_before = view.frames.len();
         while let Some(frame) = state.frames.get(view.frames.len()) {
             if view.frames.len() > cursor && ahead >= MAX_CHUNK_BYTES {
                 break;
@@ -215,10 +216,11 @@ impl RunLog {
             }
             view.frames.push(rendered);
         }
-        if state.end.is_some() && view.frames.len() == state.frames.len() {
+        let ended = state.end.is_some() && view.frames.len() == state.frames.len();
+        if ended && view.frames.len() > rendered_before {
+            // The view is complete now: kept as it is, like the log.
             view.frames.finish();
         }
-        let ended = state.end.is_some() && view.frames.len() == state.frames.len();
         chunk_of(&view.frames, cursor, ended)
     }
 
@@ -227,17 +229,12 @@ impl RunLog {
         self.changed.subscribe()
     }
 
-    /// Up to `max` frames after the first `cursor`, each on its own, and
-    /// whether the last of them is the run's terminal event.
-    pub(crate) fn frames(&self, cursor: usize, max: usize) -> (Vec<Bytes>, bool) {
+    /// Up to `max` frames after the first `cursor`, each on its own.
+    pub(crate) fn frames(&self, cursor: usize, max: usize) -> Vec<Bytes> {
         let state = self.lock();
-        let ready = state.frames.len().saturating_sub(cursor);
-        let taken: Vec<Bytes> = (cursor..)
-            .take(ready.min(max))
-            .filter_map(|i| state.frames.get(i))
-            .collect();
-        let last = state.end.is_some() && taken.len() == ready;
-        (taken, last)
+        (cursor..cursor.saturating_add(max))
+            .map_while(|i| state.frames.get(i))
+            .collect()
     }
 
     /// Number of events and whether the run has ended, read together.

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubError, RunId, RunStatus, Viewer};
 use crate::metrics::Metrics;
-pub use settings::{Settings, WebhooksConfig};
+use settings::Settings;
 use store::{Delivery, Expected, NewDelivery, RetryRefused, Status, Store, StoreError};
 
 /// Why a `webhook_url` cannot be used: webhooks are off, or the URL is refused.
@@ -65,6 +65,11 @@ pub(crate) struct Inner {
     pub(crate) poll: Duration,
 }
 
+/// The checked `[webhooks]` of `config`; `None` when webhooks are off.
+fn settings(config: &Config) -> Result<Option<Settings>, ConfigError> {
+    Settings::from_config(&config.webhooks).map_err(ConfigError::Invalid)
+}
+
 impl Webhooks {
     /// Webhooks for the shared hub `hub`: deliveries live in the Redis of
     /// `hub.url`, where any node sends them. Off when no secret is set.
@@ -73,9 +78,7 @@ impl Webhooks {
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let Some(settings) =
-            Settings::from_config(&config.webhooks).map_err(ConfigError::Invalid)?
-        else {
+        let Some(settings) = settings(config)? else {
             return Ok(Self::default());
         };
         let store = redis::RedisStore::connect(&config.hub.url, settings.lifetime())
@@ -96,9 +99,7 @@ impl Webhooks {
         hub: Hub,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
-        let Some(settings) =
-            Settings::from_config(&config.webhooks).map_err(ConfigError::Invalid)?
-        else {
+        let Some(settings) = settings(config)? else {
             return Ok(Self::default());
         };
         let store = Arc::new(store::MemoryStore::default());

@@ -24,7 +24,7 @@ use super::store::{
     rfc3339_ms, Claimed, Delivery, Expected, NewDelivery, Next, Outcome, RetryRefused, Status,
     Store, StoreError,
 };
-use crate::hub::redis::owner_field;
+use crate::hub::redis::{bounded, owner_field, owner_of};
 use crate::hub::{RunId, Viewer};
 
 const DUE: &str = "sluice:wh:due";
@@ -49,10 +49,6 @@ fn run_key(run: &RunId) -> String {
 
 fn expect_key(run: &RunId) -> String {
     format!("sluice:wh:expect:{run}")
-}
-
-fn owner_of(field: &str) -> Viewer {
-    field.strip_prefix("k:").map(str::to_owned)
 }
 
 /// Redis's own clock in ms, at the top of every script: the nodes'
@@ -168,15 +164,6 @@ fn eval(script: &str, keys: &[&str]) -> redis::Cmd {
     cmd
 }
 
-/// Runs `command` against Redis in bounded time (as the hub does).
-async fn bounded<T>(
-    command: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    crate::hub::redis::bounded(command)
-        .await
-        .map_err(StoreError::from)
-}
-
 impl RedisStore {
     /// Connects to `url` (the hub's Redis); a delivery lives at most
     /// `lifetime` (its schedule, then its keeping).
@@ -237,7 +224,7 @@ impl Store for RedisStore {
                 )
                 .ignore();
             let mut conn = self.conn.clone();
-            bounded(pipe.query_async::<()>(&mut conn)).await
+            Ok(bounded(pipe.query_async::<()>(&mut conn)).await?)
         }
         .boxed()
     }
@@ -297,7 +284,7 @@ impl Store for RedisStore {
                 .del(expect_key(&run))
                 .ignore();
             let mut conn = self.conn.clone();
-            bounded(pipe.query_async::<()>(&mut conn)).await
+            Ok(bounded(pipe.query_async::<()>(&mut conn)).await?)
         }
         .boxed()
     }

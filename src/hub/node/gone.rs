@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use crate::hub::{RunId, Viewer};
 
 /// How long an evicted run's id is remembered.
-pub(super) const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const GONE_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 /// How many evicted ids are remembered at most (about 100 bytes each).
 pub(super) const GONE_MAX: usize = 100_000;
 
 /// Ids of evicted runs, oldest first, bounded in count and age.
 #[derive(Default)]
 pub(super) struct GoneIds {
-    /// When each id was evicted, and its owner (another key must get 404).
-    since: HashMap<RunId, (Instant, Viewer)>,
+    /// Each id's owner (another key must get 404).
+    owners: HashMap<RunId, Viewer>,
     order: VecDeque<(Instant, RunId)>,
 }
 
@@ -23,15 +23,15 @@ impl GoneIds {
     pub(super) fn insert(&mut self, id: RunId, owner: Viewer, now: Instant) {
         if self.order.len() >= GONE_MAX {
             if let Some((_, oldest)) = self.order.pop_front() {
-                self.since.remove(&oldest);
+                self.owners.remove(&oldest);
             }
         }
-        self.since.insert(id.clone(), (now, owner));
+        self.owners.insert(id.clone(), owner);
         self.order.push_back((now, id));
     }
 
     pub(super) fn contains(&self, id: &RunId, viewer: &Viewer) -> bool {
-        self.since.get(id).is_some_and(|(_, owner)| owner == viewer)
+        self.owners.get(id) == Some(viewer)
     }
 
     pub(super) fn prune(&mut self, now: Instant) {
@@ -40,7 +40,7 @@ impl GoneIds {
                 break;
             }
             if let Some((_, id)) = self.order.pop_front() {
-                self.since.remove(&id);
+                self.owners.remove(&id);
             }
         }
     }
@@ -61,7 +61,7 @@ mod tests {
         for n in 0..GONE_MAX + 10 {
             gone.insert(id(n), None, start);
         }
-        assert_eq!(gone.since.len(), GONE_MAX);
+        assert_eq!(gone.owners.len(), GONE_MAX);
         assert!(!gone.contains(&id(0), &None), "the oldest ids make room");
         assert!(gone.contains(&id(GONE_MAX + 9), &None));
         assert!(
@@ -71,6 +71,6 @@ mod tests {
         gone.prune(start + GONE_FOR - Duration::from_secs(1));
         assert!(gone.contains(&id(GONE_MAX + 9), &None));
         gone.prune(start + GONE_FOR);
-        assert!(gone.since.is_empty() && gone.order.is_empty());
+        assert!(gone.owners.is_empty() && gone.order.is_empty());
     }
 }

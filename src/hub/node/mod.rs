@@ -28,7 +28,9 @@ use crate::config::RunsConfig;
 use crate::metrics::Metrics;
 use crate::wire::Format;
 use gone::GoneIds;
+pub(crate) use gone::GONE_FOR;
 pub(crate) use run::Run;
+pub(crate) use run::CANCEL_WAIT;
 #[cfg(test)]
 pub(crate) use run::FIRST_SUBSCRIBER_WAIT;
 
@@ -145,8 +147,7 @@ impl Node {
             shared.presence.clone(),
             inbox,
         ));
-        let copy = copies.as_ref().map(|_| first.clone());
-        let size = run.log().append(first);
+        run::log_entry(&shared, &run, first, copies.as_ref());
         registry.insert(run.clone());
         let meta = run.meta();
         if let Some(chat) = &meta.chat {
@@ -159,13 +160,7 @@ impl Node {
             .entry(meta.owner.clone())
             .or_default() += 1;
         drop(registry);
-        shared
-            .retained_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
         shared.running.fetch_add(1, Ordering::Relaxed);
-        if let (Some(copies), Some(copy)) = (&copies, copy) {
-            let _ = copies.send(copy);
-        }
         tokio::spawn(run::drive(shared, run.clone(), events, recorder, copies));
         run
     }

@@ -22,8 +22,9 @@ use crate::hub::{rfc3339, Cancelled, HubError, Published, RunMeta, RunSnapshot, 
 pub(crate) const FIRST_SUBSCRIBER_WAIT: Duration = Duration::from_secs(1);
 /// A run's deadline when `runs.max_run_secs` sets none.
 const NO_LIMIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-/// How long `DELETE` waits for the cancelled run's terminal event.
-const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// How long `DELETE` waits for the cancelled run's terminal event, here
+/// or on another node.
+pub(crate) const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// One run on this node: driven here, or a mirror of a run another node
 /// drives.
@@ -268,7 +269,7 @@ fn first_subscriber_wait(grace: Duration) -> Duration {
 
 /// Logs a driven run's entry, hands `copies` its copy, counts its bytes
 /// and, for the terminal one, the run's metrics; whether it was that.
-fn log_entry(shared: &Shared, run: &Run, entry: Entry, copies: Option<&Copies>) -> bool {
+pub(super) fn log_entry(shared: &Shared, run: &Run, entry: Entry, copies: Option<&Copies>) -> bool {
     let end = entry.end.clone();
     let copy = copies.map(|_| entry.clone());
     let size = run.log.append(entry);

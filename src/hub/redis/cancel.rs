@@ -12,16 +12,13 @@ use super::keys::{run_key, CANCEL_CHANNEL};
 use super::Inner;
 use crate::hub::{HubError, RunId, RunStatus};
 
-/// How long `DELETE` of a run on another node waits for its terminal event.
-const CANCEL_WAIT: Duration = Duration::from_secs(2);
-
 impl Inner {
     /// Asks whichever node drives run `id` to cancel it; waits (briefly)
     /// for the owner to log the terminal event.
     pub(super) async fn ask_to_cancel(&self, id: &RunId) -> Result<(), HubError> {
         let mut conn = self.conn.clone();
         bounded(conn.publish::<_, _, ()>(CANCEL_CHANNEL, id.as_str())).await?;
-        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        let deadline = tokio::time::Instant::now() + crate::hub::node::CANCEL_WAIT;
         while tokio::time::Instant::now() < deadline {
             let status: Option<String> = bounded(conn.hget(run_key(id), "status")).await?;
             if status.as_deref() != Some(RunStatus::Running.as_str()) {

@@ -6,7 +6,7 @@ use crate::hub::{RunId, Seq, Viewer};
 /// A run's stream keeps at most about this many events (`MAXLEN ~`).
 pub(super) const MAX_EVENTS: usize = 1_000_000;
 /// How long an evicted run's id answers `410` rather than `404`.
-pub(super) const GONE_SECS: u64 = 24 * 60 * 60;
+pub(super) const GONE_SECS: u64 = crate::hub::node::GONE_FOR.as_secs();
 /// The pub/sub channel of cancel requests.
 pub(super) const CANCEL_CHANNEL: &str = "sluice:cancel";
 /// Every run by creation time: what listings walk.
@@ -53,6 +53,11 @@ pub(crate) fn owner_field(owner: &Viewer) -> String {
     owner
         .as_ref()
         .map_or_else(String::new, |name| format!("k:{name}"))
+}
+
+/// The viewer an owner field names: the inverse of [`owner_field`].
+pub(crate) fn owner_of(field: &str) -> Viewer {
+    field.strip_prefix("k:").map(str::to_owned)
 }
 
 /// `{seq}-0` back to `seq`.

@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use super::conn::bounded;
 use super::keys::{events_key, node_key, reaped_key, run_key, watch_key, RUNNING};
 use super::replicate::last_seq;
-use super::stream::add_fields;
+use super::stream::xadd;
 use super::Inner;
 use crate::hub::node::Presence;
 use crate::hub::record::Entry;
@@ -137,10 +137,7 @@ impl Inner {
             let owner: Option<String> = bounded(conn.hget(run_key(&id), "owner")).await?;
             tracing::warn!(run_id = %id, node = %node, "the run's node is gone: ending it with node_lost");
             let mut pipe = redis::pipe();
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&events_key).arg(format!("{seq}-0"));
-            add_fields(&mut xadd, &lost);
-            pipe.add_command(xadd).ignore();
+            pipe.add_command(xadd(&events_key, seq, &lost)).ignore();
             for command in self.end_commands(
                 &id,
                 RunStatus::Error,

@@ -58,7 +58,7 @@ use crate::wire::Format;
 use conn::REQUEST_TIMEOUT;
 pub(crate) use conn::{bounded, open};
 use keys::{chat_key, events_key, node_key, GONE_SECS, RUNS};
-pub(crate) use keys::{owner_field, run_key};
+pub(crate) use keys::{owner_field, owner_of, run_key};
 use stored::Stored;
 use writer::Write;
 
@@ -181,10 +181,7 @@ impl HubBackend for RedisHub {
             let inner = &self.inner;
             let (_, first) = Recorder::start(&meta);
             let mut commands = inner.start_commands(&meta, Some(idle_timeout));
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(events_key(&meta.id)).arg("1-0");
-            stream::add_fields(&mut xadd, &first);
-            commands.push(xadd);
+            commands.push(stream::xadd(&events_key(&meta.id), 1, &first));
             inner.submit(commands).await
         }
         .boxed()

@@ -11,8 +11,8 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
 use super::conn::Backoff;
-use super::keys::{events_key, owner_field, run_key, seq_of, StreamEntries, MAX_EVENTS};
-use super::stream::add_fields;
+use super::keys::{events_key, owner_field, run_key, seq_of, StreamEntries};
+use super::stream::xadd;
 use super::{Inner, BATCH};
 use crate::hub::node::Run;
 use crate::hub::record::Entry;
@@ -78,16 +78,7 @@ fn commands<'a>(
     let events_key = events_key(id);
     let mut commands: Vec<redis::Cmd> = entries
         .enumerate()
-        .map(|(i, entry)| {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&events_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(MAX_EVENTS)
-                .arg(format!("{}-0", cursor + i + 1));
-            add_fields(&mut xadd, entry);
-            xadd
-        })
+        .map(|(i, entry)| xadd(&events_key, (cursor + i + 1) as Seq, entry))
         .collect();
     if last {
         let summary = run.log().summary(false);
@@ -162,7 +153,7 @@ impl Backlog {
         if cursor < self.first {
             // Redis lost entries it had acknowledged: only the log has
             // them still, as frames, read back as a follower would.
-            let (frames, _) = run.log().frames(cursor, self.first - cursor);
+            let frames = run.log().frames(cursor, self.first - cursor);
             for frame in frames.into_iter().rev() {
                 self.entries.push_front(Entry::parse(frame));
                 self.first -= 1;
@@ -186,7 +177,7 @@ impl Backlog {
             let next = self.first + self.entries.len();
             if self.entries.len() < max && next < self.received {
                 let count = (max - self.entries.len()).min(self.received - next);
-                let (frames, _) = run.log().frames(next, count);
+                let frames = run.log().frames(next, count);
                 self.entries.extend(frames.into_iter().map(Entry::parse));
             }
             if !self.entries.is_empty() {

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::conn::bounded;
 use super::keys::{
-    chat_key, events_key, gone_key, owner_field, run_key, GONE_SECS, PUSHING, RUNNING, RUNS,
+    chat_key, events_key, gone_key, owner_field, owner_of, run_key, GONE_SECS, PUSHING, RUNNING,
+    RUNS,
 };
 use super::Inner;
 use crate::hub::record::Recorder;
@@ -43,7 +44,7 @@ impl Stored {
                 created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
                 chat: Some(take("chat")).filter(|chat| !chat.is_empty()),
                 cancel_on_disconnect: take("cod") == "1",
-                owner: owner.strip_prefix("k:").map(str::to_owned),
+                owner: owner_of(&owner),
             },
             owner,
             status: RunStatus::parse(&take("status")),

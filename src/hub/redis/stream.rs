@@ -9,12 +9,25 @@
 
 use bytes::Bytes;
 
-use super::keys::{seq_of, StreamEntries};
+use super::keys::{seq_of, StreamEntries, MAX_EVENTS};
 use crate::hub::record::Entry;
 use crate::hub::Seq;
 
+/// The `XADD` that appends `entry` as event `seq` of the stream `key`,
+/// bounded like every run's stream (`MAXLEN ~`).
+pub(super) fn xadd(key: &str, seq: Seq, entry: &Entry) -> redis::Cmd {
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(MAX_EVENTS)
+        .arg(format!("{seq}-0"));
+    add_fields(&mut xadd, entry);
+    xadd
+}
+
 /// Appends `entry`'s fields to an `XADD` that names its key and id.
-pub(super) fn add_fields(xadd: &mut redis::Cmd, entry: &Entry) {
+fn add_fields(xadd: &mut redis::Cmd, entry: &Entry) {
     xadd.arg("f")
         .arg(entry.frame.as_ref())
         .arg("k")
