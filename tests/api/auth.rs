@@ -138,23 +138,9 @@ async fn a_key_sees_only_its_own_runs_and_others_get_404() {
             "bob {method} {path}"
         );
     }
-    let bobs: Value = bob
-        .get(app.url("/api/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bobs: Value = bob.get(app.url("/api/runs")).json_answer().await;
     assert_eq!(bobs["runs"], json!([]));
-    let alices: Value = alice
-        .get(app.url("/api/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alices: Value = alice.get(app.url("/api/runs")).json_answer().await;
     assert_eq!(alices["runs"][0]["id"], id);
     let events = collect(
         alice
@@ -288,12 +274,8 @@ async fn assert_an_expired_token_is_refused(
     let short: Value = alice
         .post(app.url("/api/tokens"))
         .json(&json!({"ttl_secs": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_answer()
+        .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let expired = plain
         .get(app.url(&format!(
@@ -317,14 +299,7 @@ async fn minted_tokens_are_scoped_and_refused_when_tampered_expired_or_foreign()
     let (alice, bob) = (with_key("alice-key"), with_key("bob-key"));
     let bobs_run = create(&app, &bob, json!({"tokens": 3, "interval_ms": 0})).await;
     let bobs_id = bobs_run["id"].as_str().unwrap();
-    let minted: Value = alice
-        .post(app.url("/api/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let minted: Value = alice.post(app.url("/api/tokens")).json_answer().await;
     assert_eq!(minted["scope"], "key");
     let token = minted["token"].as_str().unwrap();
     let plain = reqwest::Client::new();
@@ -551,4 +526,39 @@ async fn allow_anonymous_serves_a_public_address() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// SPEC 5 and 8 together: an evicted run is `410` to its owner for a day,
+/// and still `404` to another key, which must not learn it existed.
+#[tokio::test]
+async fn an_evicted_run_is_gone_to_its_owner_and_unknown_to_another_key() {
+    // Each run of 20 tokens is about 2 KB of frames; the budget holds one.
+    let app = spawn_with(&format!(
+        "{ALICE_AND_BOB}\n[runs]\nretention_bytes = 3000\n"
+    ))
+    .await;
+    let (alice, bob) = (with_key("alice-key"), with_key("bob-key"));
+    let first = create(&app, &alice, json!({"tokens": 20, "interval_ms": 0})).await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        create(&app, &alice, json!({"tokens": 20, "interval_ms": 0})).await;
+        let url = app.url(&format!("/api/runs/{first}"));
+        if status(&alice, "GET", &url).await == 410 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {first} never evicted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for path in [
+        format!("/api/runs/{first}"),
+        format!("/api/runs/{first}/events"),
+    ] {
+        let url = app.url(&path);
+        assert_eq!(status(&alice, "GET", &url).await, 410, "alice {path}");
+        assert_eq!(status(&bob, "GET", &url).await, 404, "bob {path}");
+    }
 }

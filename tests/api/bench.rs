@@ -183,3 +183,27 @@ async fn duration_closes_streams_still_going_and_counts_them_ok() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
 }
+
+/// SPEC 14: a stream is ok only when it got `200 text/event-stream`; a
+/// `200` of anything else fails as `content_type`, and the table (stdout,
+/// without `--json`) says so.
+#[tokio::test]
+async fn a_200_that_is_not_an_event_stream_is_a_failure() {
+    let app = spawn_app().await;
+    let url = app.url("/api/runs");
+    let output = bench(&[&url, "--streams", "2", "--json"]).await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let report = json_of(&output);
+    assert_eq!(report["statuses"]["200"], 2);
+    assert_eq!(report["errors"]["content_type"], 2);
+    assert_eq!(report["ok"], 0);
+
+    let output = bench(&[&url, "--streams", "2"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(table.contains("content_type: 2"), "{table}");
+    assert!(
+        table.ends_with('\n') && !table.ends_with("\n\n"),
+        "one line per row: {table:?}"
+    );
+}

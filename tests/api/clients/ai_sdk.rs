@@ -81,12 +81,8 @@ async fn a_chat_is_a_run_that_its_key_can_resume_and_stop() {
         .client
         .get(app.url(&format!("/api/runs/{run}")))
         .bearer_auth("alice-key")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+        .json_answer()
+        .await;
     assert_eq!(snapshot["status"], "cancelled");
     assert_eq!(snapshot["prompt"], "hello there");
 }

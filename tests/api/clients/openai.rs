@@ -184,12 +184,8 @@ async fn front_door_errors_come_in_openais_shape() {
         .client
         .get(app.url("/api/runs"))
         .bearer_auth("alice-key")
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+        .json_answer()
+        .await;
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
 }
 

@@ -171,9 +171,14 @@ pub async fn round_robin(backends: Vec<SocketAddr>) -> SocketAddr {
 }
 
 pub async fn create_run(base: &str, params: Value) -> String {
+    create_run_as(base, json!({"prompt": "cluster", "params": params})).await
+}
+
+/// `POST /api/runs` on `base` with `body`, which must answer `201`; the id.
+pub async fn create_run_as(base: &str, body: Value) -> String {
     let response = reqwest::Client::new()
         .post(format!("{base}/api/runs"))
-        .json(&json!({"prompt": "cluster", "params": params}))
+        .json(&body)
         .send()
         .await
         .unwrap();

@@ -531,6 +531,18 @@ impl Receiver {
     }
 }
 
+/// A request sent for its JSON answer, whatever its status.
+pub trait JsonAnswer {
+    /// Sends the request and reads the answer's body as JSON.
+    fn json_answer(self) -> impl std::future::Future<Output = Value>;
+}
+
+impl JsonAnswer for reqwest::RequestBuilder {
+    async fn json_answer(self) -> Value {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}
+
 /// POSTs `body` as JSON to `path`, with `key` as a bearer token if given.
 pub async fn post_json(
     app: &TestApp,

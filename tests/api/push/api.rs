@@ -339,12 +339,8 @@ async fn only_the_runs_key_or_its_publish_token_may_publish() {
         .post(app.url("/api/tokens"))
         .bearer_auth("alice-key")
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_answer()
+        .await;
     let read_token = minted["token"].as_str().expect("a token").to_owned();
     assert_eq!(
         post(

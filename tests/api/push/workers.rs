@@ -28,6 +28,22 @@ use tokio::process::{Child, ChildStdout};
 use crate::helpers::*;
 
 const KEY: &str = "worker-test-key";
+
+/// An app whose one key is [`KEY`].
+async fn spawn_with_worker_key() -> TestApp {
+    spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await
+}
+
+/// What the application does first: `POST /api/runs` for a push run, whose
+/// answer carries the worker's publish URL.
+async fn create_push_run(app: &TestApp) -> Value {
+    app.client
+        .post(app.url("/api/runs"))
+        .bearer_auth(KEY)
+        .json(&json!({"agent": "push", "prompt": "a job"}))
+        .json_answer()
+        .await
+}
 /// A worker publishes for a few seconds; a slow, busy machine gets far more.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -131,7 +147,7 @@ async fn the_python_worker_publishes_a_run_that_a_subscriber_reads_as_it_comes()
     let Some(python) = clients_python("Python push worker") else {
         return;
     };
-    let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
+    let app = spawn_with_worker_key().await;
     let base = app.url("");
     let mut worker = Worker::start(
         &python,
@@ -196,20 +212,10 @@ async fn a_worker_cut_off_mid_body_retries_with_its_offset_and_publishes_each_wo
     let Some(python) = clients_python("Python push worker") else {
         return;
     };
-    let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
+    let app = spawn_with_worker_key().await;
     // The application creates the run and hands the worker its publish URL
     // (a token scoped to publishing to that run): the worker has no key.
-    let created: Value = app
-        .client
-        .post(app.url("/api/runs"))
-        .bearer_auth(KEY)
-        .json(&json!({"agent": "push", "prompt": "a job"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created = create_push_run(&app).await;
     let id = created["id"].as_str().unwrap();
     let publish_url = created["publish_url"].as_str().unwrap();
     assert!(publish_url.contains("access_token="), "{created}");
@@ -270,18 +276,8 @@ async fn a_worker_whose_last_answer_is_lost_retries_and_learns_its_done_made_it(
     let Some(python) = clients_python("Python push worker") else {
         return;
     };
-    let app = spawn_with(&format!("[[auth.keys]]\nname = \"w\"\nkey = \"{KEY}\"\n")).await;
-    let created: Value = app
-        .client
-        .post(app.url("/api/runs"))
-        .bearer_auth(KEY)
-        .json(&json!({"agent": "push", "prompt": "a job"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app = spawn_with_worker_key().await;
+    let created = create_push_run(&app).await;
     let id = created["id"].as_str().unwrap();
     // The whole body, done included, reaches Sluice; its 200 answer is cut
     // after 20 bytes, so the worker retries a run that has ended.

@@ -20,38 +20,28 @@ fn config(allowed: &str, more: &str) -> String {
     )
 }
 
-async fn post_run(app: &TestApp, key: Option<&str>, body: Value) -> (u16, Value) {
-    let mut request = app.client.post(app.url("/api/runs")).json(&body);
+/// `request`, with `key` as a bearer token if given: its status and JSON.
+async fn answer(mut request: reqwest::RequestBuilder, key: Option<&str>) -> (u16, Value) {
     if let Some(key) = key {
         request = request.bearer_auth(key);
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_run(app: &TestApp, key: Option<&str>, body: Value) -> (u16, Value) {
+    answer(app.client.post(app.url("/api/runs")).json(&body), key).await
 }
 
 async fn deliveries(app: &TestApp, key: Option<&str>, query: &str) -> (u16, Value) {
-    let mut request = app
-        .client
-        .get(app.url(&format!("/api/webhooks/deliveries{query}")));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let url = app.url(&format!("/api/webhooks/deliveries{query}"));
+    answer(app.client.get(url), key).await
 }
 
 async fn retry(app: &TestApp, key: Option<&str>, id: &str) -> (u16, Value) {
-    let mut request = app
-        .client
-        .post(app.url(&format!("/api/webhooks/deliveries/{id}/retry")));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let url = app.url(&format!("/api/webhooks/deliveries/{id}/retry"));
+    answer(app.client.post(url), key).await
 }
 
 /// Waits until `key`'s only delivery has `status`; returns it.
@@ -370,12 +360,7 @@ async fn logs_carry_neither_the_secret_nor_the_body() {
     let run: Value = client
         .post(format!("{base}/api/runs"))
         .json(&json!({"prompt": "zebra-quartz-marker", "params": {"tokens": 8}, "webhook_url": receiver.url("/hooks/")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json_answer().await;
     let hits = receiver.wait_hits(2, Duration::from_secs(20)).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -430,4 +415,42 @@ async fn a_pending_delivery_says_when_its_next_attempt_is_due() {
         wait > Duration::from_secs(20) && wait <= Duration::from_secs(31),
         "{pending}"
     );
+}
+
+/// SPEC 13: deliveries are listed newest first, and a retry starts its
+/// delivery again as the newest.
+#[tokio::test]
+async fn a_retried_delivery_is_listed_first() {
+    let receiver = Receiver::start(Vec::new(), Answer::Status(410)).await;
+    let app = spawn_with(&config(&receiver.url("/hooks/"), "")).await;
+    let mut runs = Vec::new();
+    for n in 1..=2 {
+        let body =
+            json!({"prompt": "x", "params": {"tokens": 2}, "webhook_url": receiver.url("/hooks/")});
+        let (status, run) = post_run(&app, None, body).await;
+        assert_eq!(status, 201);
+        runs.push(run["id"].clone());
+        receiver.wait_hits(n, Duration::from_secs(20)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let (_, body) = deliveries(&app, None, "?status=failed").await;
+        if body["deliveries"].as_array().unwrap().len() == 2 {
+            break body["deliveries"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not both failed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&failed[0]["run_id"], &failed[1]["run_id"]),
+        (&runs[1], &runs[0])
+    );
+    let (status, _) = retry(&app, None, failed[1]["id"].as_str().unwrap()).await;
+    assert_eq!(status, 202);
+    let (_, all) = deliveries(&app, None, "").await;
+    assert_eq!(all["deliveries"][0]["run_id"], runs[0], "{all}");
+    assert_eq!(all["deliveries"][1]["run_id"], runs[1], "{all}");
 }

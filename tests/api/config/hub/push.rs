@@ -31,15 +31,7 @@ fn token_lines(from: usize, to: usize) -> Vec<String> {
 
 /// A push run created on `base`; its id.
 async fn create_push(base: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/api/runs"))
-        .json(&json!({"agent": "push", "prompt": "a job"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
+    create_run_as(base, json!({"agent": "push", "prompt": "a job"})).await
 }
 
 #[tokio::test]

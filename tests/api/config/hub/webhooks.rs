@@ -19,15 +19,8 @@ fn webhooks_config(receiver: &Receiver) -> String {
 }
 
 async fn create_hooked_run(base: &str, params: Value, hook: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{base}/api/runs"))
-        .json(&json!({"prompt": "hooked", "params": params, "webhook_url": hook}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
+    let body = json!({"prompt": "hooked", "params": params, "webhook_url": hook});
+    create_run_as(base, body).await
 }
 
 /// Waits until `base` lists the delivery of run `id` as `status`.
